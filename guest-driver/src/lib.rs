@@ -1,0 +1,3 @@
+#![no_std]
+//! chimney-miniport: the NDIS-style chimney miniport (portable core).
+extern crate alloc;

@@ -1,0 +1,1 @@
+//! chimney-harness: host stack, VMM role, scenarios.

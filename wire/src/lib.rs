@@ -1,0 +1,1 @@
+//! chimney-wire: TAP devices (IFF_VNET_HDR), private network namespaces for test peers, pcap capture.
