@@ -1,3 +1,14 @@
 #![no_std]
-//! chimney-miniport: the NDIS-style chimney miniport (portable core).
+//! chimney-miniport: the NDIS-style chimney miniport, portable core.
+//!
+//! Layers (STYLE.md "Portable driver core"):
+//! - [`platform`]: the operations table the core reaches the system through;
+//! - [`virtqueue`]: the driver side of a split virtqueue;
+//! - `control` (next): the request/completion layer of the control ring (queue pair 1).
 extern crate alloc;
+
+pub mod platform;
+pub mod virtqueue;
+
+pub use platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
+pub use virtqueue::{Buffer, RingAddresses, UsedBuffer, Virtqueue, VirtqueueError};
