@@ -1,1 +1,21 @@
-//! chimney-harness: host stack, VMM role, scenarios.
+//! chimney-harness: the host side of the testbed.
+//!
+//! - [`frontend`]: the VMM role (vhost-user frontend, memfd guest RAM, vrings, kick/call);
+//! - [`vmm_platform`]: that VMM as the guest-driver's `Platform`;
+//! - [`device_process`]: start `chimney-device` inside a test network namespace;
+//! - [`testbed`]: namespace + TAP + device + VMM in one value, torn down on drop;
+//! - [`frames`]: ARP / ICMP probes for the NIC path.
+
+pub mod device_process;
+pub mod error;
+pub mod frames;
+pub mod frontend;
+pub mod smoke;
+mod sys;
+pub mod testbed;
+pub mod vmm_platform;
+
+pub use error::{HarnessError, Result};
+pub use frontend::{Vmm, VmmConfig};
+pub use testbed::{TestBed, TestBedConfig};
+pub use vmm_platform::{VmmPlatform, GUEST_RAM_BASE};

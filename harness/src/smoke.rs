@@ -1,0 +1,114 @@
+//! The `smoke` sequence: each step is a named check with a pass/fail line.
+
+use std::fmt;
+use std::time::Duration;
+
+use chimney_miniport::NicQueues;
+use chimney_wire::{GUEST_IPV4, PEER_IPV4};
+
+use crate::frames::{self, GUEST_MAC};
+use crate::testbed::{TestBed, TestBedConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SmokeOptions {
+    /// Queue pairs to ask the device for.
+    #[arg(long, default_value_t = 2)]
+    pub queue_pairs: u16,
+    /// Descriptors per queue.
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+}
+
+/// One line of the summary.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub name: &'static str,
+    pub outcome: Result<String, String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SmokeReport {
+    pub steps: Vec<StepResult>,
+}
+
+impl SmokeReport {
+    pub fn passed(&self) -> bool {
+        !self.steps.is_empty() && self.steps.iter().all(|s| s.outcome.is_ok())
+    }
+    fn record(&mut self, name: &'static str, outcome: Result<String, String>) -> bool {
+        let ok = outcome.is_ok();
+        self.steps.push(StepResult { name, outcome });
+        ok
+    }
+}
+
+impl fmt::Display for SmokeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            match &s.outcome {
+                Ok(detail) => writeln!(f, "PASS {:<28} {detail}", s.name)?,
+                Err(why) => writeln!(f, "FAIL {:<28} {why}", s.name)?,
+            }
+        }
+        let failed = self.steps.iter().filter(|s| s.outcome.is_err()).count();
+        writeln!(
+            f,
+            "{}: {} steps, {} failed",
+            if self.passed() { "PASSED" } else { "FAILED" },
+            self.steps.len(),
+            failed
+        )
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+pub fn run(opts: &SmokeOptions) -> SmokeReport {
+    let mut report = SmokeReport::default();
+    let mut cfg = TestBedConfig::default();
+    cfg.vmm.queue_pairs = opts.queue_pairs;
+    let bed = TestBed::start(&cfg);
+    let Some(mut bed) = bed
+        .map_err(|e| e.to_string())
+        .map(Some)
+        .unwrap_or_else(|e| {
+            report.record("start netns+device+vmm", Err(e));
+            None
+        })
+    else {
+        return report;
+    };
+    report.record(
+        "start netns+device+vmm",
+        Ok(format!(
+            "netns {}, features {:#x}",
+            bed.ns.name(),
+            bed.vmm.acked_features()
+        )),
+    );
+    let nic = nic_arp(&mut bed, opts.queue_size);
+    report.record("queue pair 0: ARP to peer", nic);
+    report
+}
+
+fn nic_arp(bed: &mut TestBed, size: u16) -> Result<String, String> {
+    let rx = bed.vmm.create_queue(0, size).map_err(|e| e.to_string())?;
+    let tx = bed.vmm.create_queue(1, size).map_err(|e| e.to_string())?;
+    let p = bed.vmm.platform().clone();
+    let mut nic = NicQueues::new(&*p, rx, tx, 2048).map_err(|e| e.to_string())?;
+    nic.send(&*p, &frames::arp_request(GUEST_MAC, GUEST_IPV4, PEER_IPV4))
+        .map_err(|e| e.to_string())?;
+    for _ in 0..64 {
+        match nic.recv(&*p, WAIT).map_err(|e| e.to_string())? {
+            Some(f) => {
+                if let Some(r) = frames::parse_arp_reply(&f) {
+                    if r.sender_ip == PEER_IPV4 && r.target_mac == GUEST_MAC {
+                        return Ok(format!("{} is at {:02x?}", r.sender_ip, r.sender_mac));
+                    }
+                }
+            }
+            None => break,
+        }
+    }
+    Err("no ARP reply from 192.0.2.1".to_string())
+}
