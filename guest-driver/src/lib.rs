@@ -5,13 +5,15 @@
 //! - [`platform`]: the operations table the core reaches the system through;
 //! - [`virtqueue`]: the driver side of a split virtqueue;
 //! - [`nic`]: queue pair 0, Ethernet frames with the virtio-net header;
-//! - `control` (next): the request/completion layer of the control ring (queue pair 1).
+//! - [`control`]: the request/completion layer of the control ring (queue pair 1).
 extern crate alloc;
 
+pub mod control;
 pub mod nic;
 pub mod platform;
 pub mod virtqueue;
 
+pub use control::{ControlChannel, ControlConfig, ControlError};
 pub use nic::{NicError, NicQueues, VNET_HDR_LEN};
 pub use platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
 pub use virtqueue::{Buffer, RingAddresses, UsedBuffer, Virtqueue, VirtqueueError};
