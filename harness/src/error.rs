@@ -34,6 +34,10 @@ pub enum HarnessError {
     Device(String),
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    #[error("control ring: {0}")]
+    Control(#[from] chimney_miniport::ControlError),
+    #[error("protocol: {0}")]
+    Protocol(String),
     #[error(transparent)]
     Wire(#[from] chimney_wire::WireError),
 }

@@ -4,12 +4,17 @@
 //! - [`vmm_platform`]: that VMM as the guest-driver's `Platform`;
 //! - [`device_process`]: start `chimney-device` inside a test network namespace;
 //! - [`testbed`]: namespace + TAP + device + VMM in one value, torn down on drop;
+//! - [`control_session`]: the guest-driver's control channel on queues 2/3, NEGOTIATE and
+//!   SET_PARAMETERS done;
+//! - [`objects`]: seeded neighbor/path/TCP fixtures and the trees over them;
 //! - [`frames`]: ARP / ICMP probes for the NIC path.
 
+pub mod control_session;
 pub mod device_process;
 pub mod error;
 pub mod frames;
 pub mod frontend;
+pub mod objects;
 pub mod smoke;
 mod sys;
 pub mod testbed;
