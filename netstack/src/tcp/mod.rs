@@ -1,0 +1,5 @@
+//! TCP: the connection state machine and its parts.
+
+pub mod rtt;
+pub mod scoreboard;
+pub mod tcb;
