@@ -99,7 +99,8 @@ pub struct DeviceOptions {
     pub queue_pairs: u16,
     /// TAP name inside the namespace (the device opens it).
     pub tap: String,
-    /// Extra command-line arguments (e.g. `--log-level debug`).
+    /// Extra command-line arguments (e.g. `--max-tcp 10`). The log level comes from
+    /// `$CHIMNEY_DEVICE_LOG` (default `warn`).
     pub extra_args: Vec<String>,
 }
 
@@ -144,6 +145,8 @@ impl DeviceProcess {
             .arg(&opts.tap)
             .arg("--queue-pairs")
             .arg(opts.queue_pairs.to_string())
+            .arg("--log-level")
+            .arg(std::env::var("CHIMNEY_DEVICE_LOG").unwrap_or_else(|_| "warn".to_string()))
             .args(&opts.extra_args)
             .stdin(Stdio::null());
         tracing::info!(?cmd, "starting device");
