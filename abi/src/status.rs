@@ -163,6 +163,4 @@ reasons! {
     Unsupported = 27,
     /// Fragment framing error (rx side).
     Framing = 28,
-    /// NEGOTIATE sent again after success.
-    AlreadyNegotiated = 29,
 }
