@@ -105,7 +105,7 @@ mod tests {
         assert!(!p.contains(VhostUserProtocolFeatures::CONFIG));
         assert!(!p.contains(VhostUserProtocolFeatures::STATUS));
         assert!(!p.contains(VhostUserProtocolFeatures::RARP));
-        assert!(!p.contains(VhostUserProtocolFeatures::NET_MTU));
+        assert!(!p.contains(VhostUserProtocolFeatures::MTU));
         assert!(!p.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD));
         assert_eq!(
             OFFERED_FEATURES & (1 << 33),
