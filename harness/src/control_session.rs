@@ -51,6 +51,11 @@ impl ControlSession {
         &self.platform
     }
 
+    /// A shared handle on the platform (to use it while the channel is borrowed mutably).
+    pub fn platform_arc(&self) -> Arc<VmmPlatform> {
+        self.platform.clone()
+    }
+
     /// Send a request and wait for its completion (any status).
     pub fn call(&mut self, body: RequestBody) -> Result<Completion> {
         Ok(self.channel.call(&*self.platform, body, self.timeout)?)

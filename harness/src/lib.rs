@@ -12,6 +12,7 @@
 pub mod control_session;
 pub mod device_process;
 pub mod error;
+pub mod foundation;
 pub mod frames;
 pub mod frontend;
 pub mod objects;

@@ -6,7 +6,13 @@ use std::time::Duration;
 use chimney_miniport::NicQueues;
 use chimney_wire::{GUEST_IPV4, PEER_IPV4};
 
+use chimney_abi::OffloadParameters;
+use chimney_miniport::ControlConfig;
+
+use crate::control_session::ControlSession;
+use crate::foundation;
 use crate::frames::{self, GUEST_MAC};
+use crate::objects::OffloadSet;
 use crate::testbed::{TestBed, TestBedConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -17,6 +23,12 @@ pub struct SmokeOptions {
     /// Descriptors per queue.
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
+    /// TCP objects in the offloaded tree (split over the IPv4 and IPv6 paths).
+    #[arg(long, default_value_t = 1000)]
+    pub tcp_objects: usize,
+    /// Seed for the offloaded state (printed; pass it back to replay a run).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// One line of the summary.
@@ -88,6 +100,43 @@ pub fn run(opts: &SmokeOptions) -> SmokeReport {
     );
     let nic = nic_arp(&mut bed, opts.queue_size);
     report.record("queue pair 0: ARP to peer", nic);
+
+    let seed = opts.seed.unwrap_or_else(rand::random);
+    let peer_mac = bed.peer_mac("tap0").unwrap_or([0x02, 0, 0, 0, 0, 1]);
+    let set = OffloadSet::foundation(seed, opts.tcp_objects, peer_mac);
+    let session = ControlSession::open(&mut bed.vmm, opts.queue_size, ControlConfig::default());
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            report.record("control ring setup", Err(e.to_string()));
+            return report;
+        }
+    };
+    let negotiated = session
+        .negotiate()
+        .map(|n| {
+            format!(
+                "version {}, device limits n/p/t {}/{}/{}",
+                n.version, n.max_neighbors, n.max_paths, n.max_tcp
+            )
+        })
+        .map_err(|e| e.to_string());
+    if !report.record("negotiate", negotiated) {
+        return report;
+    }
+    let params = session
+        .set_parameters(OffloadParameters::default())
+        .map(|_| "defaults (1000 ticks/s)".to_string())
+        .map_err(|e| e.to_string());
+    if !report.record("set parameters", params) {
+        return report;
+    }
+    foundation::run_sequence(&mut session, &set, |name, r| {
+        report.record(name, r);
+    });
+    foundation::run_bad_input(&mut session, &set, |name, r| {
+        report.record(name, r);
+    });
     report
 }
 
