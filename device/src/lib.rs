@@ -17,7 +17,7 @@ pub mod features;
 pub mod nic;
 pub mod relay;
 pub mod state_manipulation;
-mod sys;
+pub mod sys;
 
 pub use daemon::{Device, DeviceConfig, RunningDevice};
 pub use error::DeviceError;

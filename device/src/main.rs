@@ -53,6 +53,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any thread exists, so every thread inherits the mask and the signal thread below
+    // is the only one that takes SIGINT/SIGTERM (to flush the pcap and remove the socket).
+    chimney_device::sys::block_termination_signals().context("block SIGINT/SIGTERM")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log_level)
@@ -90,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     };
     let device = Device::new(cfg, tap, pcap)?;
     if let Some(p) = device.pcap() {
-        // The process usually ends by a signal, which skips destructors: flush every second.
+        // SIGTERM/SIGINT flush below; a SIGKILL skips that, so also flush every second.
         std::thread::Builder::new()
             .name("pcap-flush".into())
             .spawn(move || loop {
@@ -102,6 +105,24 @@ fn main() -> anyhow::Result<()> {
             .context("spawn pcap flusher")?;
     }
     let listener = Device::listen(&args.socket_path)?;
+    {
+        let pcap = device.pcap();
+        let socket = args.socket_path.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let sig = chimney_device::sys::wait_termination_signal();
+                tracing::info!(?sig, "terminating");
+                if let Some(p) = pcap {
+                    if let Err(e) = p.flush() {
+                        tracing::warn!(error = %e, "flush pcap");
+                    }
+                }
+                let _ = std::fs::remove_file(&socket);
+                std::process::exit(0);
+            })
+            .context("spawn signal thread")?;
+    }
     tracing::info!(socket = %args.socket_path.display(), queue_pairs = args.queue_pairs, "listening");
     device.serve(&listener)?;
     Ok(())

@@ -38,3 +38,42 @@ pub fn recv_with_fds(
         }
     }
 }
+
+/// Block SIGINT and SIGTERM in the calling thread (and the threads it spawns afterwards), so
+/// that [`wait_termination_signal`] can take them synchronously. Call first thing in `main`.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set()?;
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Wait until SIGINT or SIGTERM arrives (they must be blocked); returns the signal number.
+pub fn wait_termination_signal() -> io::Result<i32> {
+    let set = termination_set()?;
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised sigset_t and `sig` a valid place for the result.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(sig)
+}
+
+fn termination_set() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` points to a sigset_t we own; the signal numbers are valid.
+    let ok = unsafe {
+        libc::sigemptyset(&mut set) == 0
+            && libc::sigaddset(&mut set, libc::SIGINT) == 0
+            && libc::sigaddset(&mut set, libc::SIGTERM) == 0
+    };
+    if !ok {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(set)
+}

@@ -9,14 +9,8 @@ mod common;
 use chimney_device::{Device, DeviceConfig, NicStatsSnapshot, RunningDevice};
 use chimney_wire::{Topology, TopologyConfig};
 use common::*;
-use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::Duration;
-use vm_memory::{Bytes, GuestAddress};
-
-const RX_BUF_BASE: u64 = 0x20_0000;
-const RX_BUF_LEN: u32 = 2048;
-const TX_BUF_BASE: u64 = 0x30_0000;
 
 struct Rig {
     topo: Topology,
@@ -35,129 +29,6 @@ fn rig(tag: &str) -> Rig {
         .spawn(&socket_path(tag))
         .expect("spawn device");
     Rig { topo, device }
-}
-
-/// Play the fixture up to (not including) the first GET_VRING_BASE, i.e. until QEMU has set
-/// everything up and enabled all four rings. Returns the remaining steps.
-fn set_up(fe: &mut Frontend) -> Vec<Step> {
-    let steps = parse_fixture(FIXTURE);
-    let early_enables = steps
-        .iter()
-        .take_while(|s| s.name != "SET_FEATURES")
-        .filter(|s| s.name == "SET_VRING_ENABLE")
-        .count();
-    assert_eq!(
-        early_enables, 18,
-        "fixture should hold QEMU's 18 early enables"
-    );
-    let split = steps
-        .iter()
-        .position(|s| s.name == "GET_VRING_BASE")
-        .expect("fixture has GET_VRING_BASE");
-    for s in &steps[..split] {
-        fe.play(s);
-    }
-    fe.assert_no_pending_bytes();
-    steps[split..].to_vec()
-}
-
-/// Rx buffers posted on queue 0, by head index.
-struct RxBuffers {
-    by_head: HashMap<u16, u64>,
-    next_slot: u64,
-}
-
-impl RxBuffers {
-    fn new() -> Self {
-        RxBuffers {
-            by_head: HashMap::new(),
-            next_slot: 0,
-        }
-    }
-
-    fn post(&mut self, fe: &mut Frontend, n: usize) {
-        for _ in 0..n {
-            let gpa = RX_BUF_BASE + (self.next_slot % 64) * 0x1000;
-            self.next_slot += 1;
-            let head = fe.rings[0].add_chain(&fe.ram.mem, &[(gpa, RX_BUF_LEN, VRING_DESC_F_WRITE)]);
-            self.by_head.insert(head, gpa);
-        }
-        fe.rings[0].notify();
-    }
-
-    /// Wait for a received frame matching `pred`; returns (virtio-net header, frame).
-    /// Re-posts a buffer for each one used.
-    fn wait_frame(
-        &mut self,
-        fe: &mut Frontend,
-        what: &str,
-        pred: impl Fn(&[u8]) -> bool,
-    ) -> ([u8; 12], Vec<u8>) {
-        let mut seen = Vec::new();
-        for _ in 0..64 {
-            let used = fe.rings[0].wait_used(&fe.ram.mem, 1, what);
-            let mut hit = None;
-            for (id, len) in used {
-                let gpa = *self
-                    .by_head
-                    .get(&(id as u16))
-                    .unwrap_or_else(|| panic!("{what}: used id {id} was never posted"));
-                let mut buf = vec![0u8; len as usize];
-                fe.ram.mem.read_slice(&mut buf, GuestAddress(gpa)).unwrap();
-                assert!(len >= 12, "{what}: used length {len} < header");
-                let mut hdr = [0u8; 12];
-                hdr.copy_from_slice(&buf[..12]);
-                let frame = buf[12..].to_vec();
-                if hit.is_none() && pred(&frame) {
-                    hit = Some((hdr, frame));
-                } else {
-                    seen.push(frame.len());
-                }
-            }
-            self.post(fe, 1);
-            if let Some(h) = hit {
-                return h;
-            }
-        }
-        panic!(
-            "{what}: no matching frame among {} received: lengths {seen:?}",
-            seen.len()
-        );
-    }
-}
-
-fn send_tx(fe: &mut Frontend, slot: u64, frame: &[u8]) {
-    let gpa = TX_BUF_BASE + slot * 0x1_0000;
-    let mut buf = vec![0u8; 12];
-    buf.extend_from_slice(frame);
-    fe.ram.mem.write_slice(&buf, GuestAddress(gpa)).unwrap();
-    fe.rings[1].add_chain(&fe.ram.mem, &[(gpa, buf.len() as u32, 0)]);
-    fe.rings[1].notify();
-}
-
-fn is_arp_reply_from_peer(f: &[u8]) -> bool {
-    f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == PEER_IP
-}
-
-/// ARP for the peer through the device; returns the peer's MAC.
-fn arp_peer(fe: &mut Frontend, rx: &mut RxBuffers) -> [u8; 6] {
-    send_tx(fe, 0, &arp_request(PEER_IP));
-    let tx_used = fe.rings[1].wait_used(&fe.ram.mem, 1, "ARP request on tx 1");
-    assert_eq!(
-        tx_used[0].1, 0,
-        "tx used length must be 0 (device writes nothing)"
-    );
-    let (hdr, f) = rx.wait_frame(fe, "ARP reply from the kernel", is_arp_reply_from_peer);
-    assert_eq!(
-        u16::from_le_bytes([hdr[10], hdr[11]]),
-        1,
-        "num_buffers of a one-buffer frame (MRG_RXBUF acked)"
-    );
-    assert_eq!(&f[0..6], &GUEST_MAC, "ARP reply destination");
-    assert_eq!(&f[38..42], &GUEST_IP, "ARP reply target IP");
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&f[22..28]);
-    mac
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
