@@ -239,7 +239,7 @@ impl Nic {
             }
             match self.deliver(mem, q, n) {
                 Deliver::Done => used = true,
-                Deliver::Dropped => {}
+                Deliver::Dropped => used = true, // bad/too-big buffers went back used
                 Deliver::NoBuffers => {
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
                     match q.enable_notification(mem) {
@@ -292,8 +292,12 @@ impl Nic {
             if !self.net.mrg_rxbuf {
                 match writable_capacity(&chain) {
                     Ok(cap) if cap < total => {
-                        // Too big for the guest's buffer: keep the buffer, drop the frame.
-                        q.go_to_previous_position();
+                        // Too big for the guest's buffer (a driver bug without MRG_RXBUF):
+                        // drop the frame and return the buffer unused (length 0) rather than
+                        // keep it, so a small buffer cannot block the ring for ever.
+                        if let Err(e) = q.add_used(mem, head, 0) {
+                            count(&self.stats.used_ring_errors, "rx add_used", &e);
+                        }
                         let e = format!("{total}-byte frame, {cap}-byte buffer");
                         count(&self.stats.rx_dropped_too_big, "rx dropped", &e);
                         return Deliver::Dropped;
