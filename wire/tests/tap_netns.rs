@@ -126,6 +126,20 @@ fn threads_in_netns_see_only_its_interfaces() {
         matches!(handle.join(), Ok(Ok(true))),
         "bind to 192.0.2.1 must work inside the namespace"
     );
+    // IPv6 peer address is usable at once (nodad: not tentative, so bind succeeds).
+    let v6 = topo
+        .ns
+        .run(|| std::net::TcpListener::bind((chimney_wire::PEER_IPV6, 0)).map(|_| ()))
+        .expect("run in netns");
+    assert!(
+        v6.is_ok(),
+        "bind to [2001:db8::1] inside the namespace: {v6:?}"
+    );
+    let outside = std::net::TcpListener::bind((PEER_IPV4, 0));
+    assert!(
+        outside.is_err(),
+        "192.0.2.1 must not exist outside the namespace"
+    );
     let out = topo
         .ns
         .command("ip")
