@@ -292,6 +292,18 @@ impl Virtqueue {
         Ok(needed)
     }
 
+    /// Diagnostics: (avail.idx published, avail_event the device last wrote). With
+    /// EVENT_IDX, a device that never moves avail_event gets only one notification.
+    pub fn notification_state<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+    ) -> Result<(u16, u16), VirtqueueError> {
+        Ok((
+            self.avail_idx,
+            platform.read_u16(self.used_avail_event_addr())?,
+        ))
+    }
+
     /// Has the device returned chains we have not consumed yet?
     pub fn has_used<P: Platform + ?Sized>(&self, platform: &P) -> Result<bool, VirtqueueError> {
         Ok(platform.read_u16(self.rings.used_ring + 2)? != self.last_used)

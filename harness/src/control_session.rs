@@ -10,7 +10,7 @@ use chimney_abi::{
     Completion, CompletionBody, NdisStatus, Negotiate, NegotiateResult, OffloadParameters,
     RequestBody, ABI_MIN_VERSION, ABI_VERSION,
 };
-use chimney_miniport::{ControlChannel, ControlConfig};
+use chimney_miniport::{ControlChannel, ControlConfig, ControlError};
 
 use crate::error::{HarnessError, Result};
 use crate::frontend::Vmm;
@@ -22,6 +22,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct ControlSession {
     pub channel: ControlChannel,
     platform: Arc<VmmPlatform>,
+    event_idx: bool,
     pub timeout: Duration,
 }
 
@@ -43,6 +44,7 @@ impl ControlSession {
         Ok(ControlSession {
             channel,
             platform,
+            event_idx: vmm.event_idx(),
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -58,14 +60,39 @@ impl ControlSession {
 
     /// Send a request and wait for its completion (any status).
     pub fn call(&mut self, body: RequestBody) -> Result<Completion> {
-        Ok(self.channel.call(&*self.platform, body, self.timeout)?)
+        let id = self.channel.submit(&*self.platform, body)?;
+        self.wait(id)
     }
 
-    /// Wait for the completion of an already submitted request.
+    /// Wait for the completion of an already submitted request. A timeout is explained
+    /// when the ring state shows why (a device that never re-armed notifications).
     pub fn wait(&mut self, request_id: u64) -> Result<Completion> {
-        Ok(self
+        match self
             .channel
-            .wait_completion(&*self.platform, request_id, self.timeout)?)
+            .wait_completion(&*self.platform, request_id, self.timeout)
+        {
+            Ok(c) => Ok(c),
+            Err(e @ ControlError::TimedOut { .. }) => Err(self.explain_timeout(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn explain_timeout(&self, e: ControlError) -> HarnessError {
+        let tx = self.channel.tx_queue();
+        if let Ok((avail, event)) = tx.notification_state(&*self.platform) {
+            let event_idx = self.event_idx;
+            // The driver skips the kick when avail_event was not crossed (virtio 1.x
+            // §2.7.10); a device that never writes avail_event never hears of request 2+.
+            if event_idx && avail.wrapping_sub(event) > 1 {
+                return HarnessError::Protocol(format!(
+                    "{e}: control tx has avail.idx {avail} but the device's avail_event is \
+                     still {event}: with VIRTIO_RING_F_EVENT_IDX the device must re-arm \
+                     notifications (Queue::enable_notification) after draining the queue, \
+                     else the driver does not kick it again"
+                ));
+            }
+        }
+        e.into()
     }
 
     /// Send raw request bytes (split into descriptors at `splits`) and wait for the answer.

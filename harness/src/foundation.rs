@@ -875,13 +875,15 @@ pub mod bad_input {
 
     /// A request chain carrying a device-writable descriptor.
     pub fn writable_descriptor(s: &mut ControlSession, set: &OffloadSet) -> Step<String> {
-        let bytes = negotiate_bytes();
+        let id = s.channel.allocate_request_id();
+        let mut bytes = negotiate_bytes();
+        // Our id in the header: the device can read it and echoes it.
+        bytes[8..16].copy_from_slice(&id.to_le_bytes());
         let p = s.platform_arc();
         let req = p
             .alloc_with(&bytes, bytes.len())
             .map_err(|e| e.to_string())?;
         let out = p.alloc_with(&[], 64).map_err(|e| e.to_string())?;
-        let id = s.channel.allocate_request_id();
         s.channel
             .submit_raw(
                 &*p,

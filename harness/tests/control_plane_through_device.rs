@@ -26,6 +26,10 @@ fn start(extra_device_args: &[&str]) -> (TestBed, ControlSession) {
             extra_args: extra_device_args.iter().map(|s| s.to_string()).collect(),
             ..DeviceOptions::default()
         },
+        vmm: chimney_harness::VmmConfig {
+            event_idx: std::env::var_os("CHIMNEY_NO_EVENT_IDX").is_none(),
+            ..Default::default()
+        },
         ..TestBedConfig::default()
     };
     let mut bed = TestBed::start(&cfg).expect("namespace + device + VMM");
@@ -37,6 +41,25 @@ fn start(extra_device_args: &[&str]) -> (TestBed, ControlSession) {
 
 fn must<T>(r: Step<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// With VIRTIO_RING_F_EVENT_IDX negotiated (as QEMU and Linux do), a driver kicks only
+/// when the device's avail_event asks for it; the device must keep re-arming it.
+#[test]
+fn control_ring_answers_consecutive_requests_with_event_idx_negotiated() {
+    let mut bed = TestBed::start(&TestBedConfig::default()).expect("namespace + device + VMM");
+    assert!(
+        bed.vmm.event_idx(),
+        "device offers EVENT_IDX, harness negotiates it"
+    );
+    let mut s = ControlSession::open(&mut bed.vmm, 256, Default::default()).expect("queues");
+    s.negotiate().expect("request 1: NEGOTIATE");
+    s.set_parameters(Default::default())
+        .expect("request 2: SET_PARAMETERS");
+    let set = OffloadSet::foundation(seed(), 2, bed.peer_mac("tap0").expect("peer MAC"));
+    for i in 3..8 {
+        foundation::still_serving(&mut s, &set).unwrap_or_else(|e| panic!("request pair {i}: {e}"));
+    }
 }
 
 #[test]
