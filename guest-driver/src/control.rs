@@ -70,6 +70,8 @@ pub enum ControlError {
     UnknownTxToken { token: u64 },
     #[error("no completion for request {request_id} (timed out)")]
     TimedOut { request_id: u64 },
+    #[error("no event indication arrived (timed out)")]
+    EventTimedOut,
     #[error("config: {0}")]
     Config(&'static str),
 }
@@ -446,6 +448,29 @@ impl ControlChannel {
                 && !self.rx.has_used(platform).map_err(rx_err)?
             {
                 return Err(ControlError::TimedOut { request_id });
+            }
+        }
+    }
+
+    /// Wait for the next event indication (C-101 upload requests, …), polling between
+    /// device signals; a quiet `timeout` ends with `EventTimedOut`.
+    pub fn wait_event<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        timeout: Duration,
+    ) -> Result<Event, ControlError> {
+        loop {
+            self.poll(platform)?;
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
+            }
+            if self.rx.enable_callbacks(platform).map_err(rx_err)? {
+                continue;
+            }
+            if platform.wait(CONTROL_RX, timeout)? == WaitOutcome::TimedOut
+                && !self.rx.has_used(platform).map_err(rx_err)?
+            {
+                return Err(ControlError::EventTimedOut);
             }
         }
     }

@@ -95,6 +95,11 @@ impl ControlSession {
         e.into()
     }
 
+    /// The next event indication (waits up to the session timeout).
+    pub fn next_event(&mut self) -> Result<chimney_abi::Event> {
+        Ok(self.channel.wait_event(&*self.platform, self.timeout)?)
+    }
+
     /// Send raw request bytes (split into descriptors at `splits`) and wait for the answer.
     pub fn call_bytes(&mut self, bytes: &[u8], splits: &[usize]) -> Result<Completion> {
         let id = self.channel.allocate_request_id();

@@ -370,8 +370,39 @@ pub fn invalidate_neighbor(s: &mut ControlSession, off: &Offloaded) -> Step<Stri
             c.status, r[0].status
         ));
     }
+    // C-101: every TCP connection depending on the invalidated neighbor gets exactly one
+    // upload request, TcpIndicateRetrieve / InvalidState, naming it by handle and
+    // host_context.
+    let mut expected: std::collections::BTreeMap<u64, u64> = off
+        .refs
+        .iter()
+        .zip(&off.handles)
+        .filter(|(r, _)| matches!(r, ObjectRef::Tcp(_)))
+        .map(|(r, h)| (h.0, host_context(*r)))
+        .collect();
+    let want = expected.len();
+    for n in 0..want {
+        let e = s
+            .next_event()
+            .map_err(|e| format!("invalidate: event {n} of {want} expected: {e}"))?;
+        let h = e.handle.map_or(0, |h| h.0);
+        let ok = e.class == chimney_abi::EventClass::TcpEvent
+            && e.code == chimney_abi::event::tcp_event::RETRIEVE
+            && e.info == chimney_abi::event::upload_reason::INVALID_STATE
+            && expected.get(&h) == Some(&e.host_context);
+        if !ok {
+            return Err(format!(
+                "invalidate: expected TcpIndicateRetrieve/InvalidState for one of the \
+                 {} remaining connections, seen {e:?}",
+                expected.len()
+            ));
+        }
+        expected.remove(&h);
+    }
     query_matches(s, off).map_err(|e| format!("after invalidate: {e}"))?;
-    Ok("neighbor invalidated, still queryable".to_string())
+    Ok(format!(
+        "neighbor invalidated, {want} upload requests (C-101), still queryable"
+    ))
 }
 
 /// Terminate everything in one tree asking for delegated state back; compare it with

@@ -29,6 +29,9 @@ pub struct SmokeOptions {
     /// Seed for the offloaded state (printed; pass it back to replay a run).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Do not negotiate VIRTIO_RING_F_EVENT_IDX (diagnostic: isolates notification bugs).
+    #[arg(long)]
+    pub no_event_idx: bool,
 }
 
 /// One line of the summary.
@@ -79,6 +82,7 @@ pub fn run(opts: &SmokeOptions) -> SmokeReport {
     let mut report = SmokeReport::default();
     let mut cfg = TestBedConfig::default();
     cfg.vmm.queue_pairs = opts.queue_pairs;
+    cfg.vmm.event_idx = !opts.no_event_idx;
     let bed = TestBed::start(&cfg);
     let Some(mut bed) = bed
         .map_err(|e| e.to_string())
@@ -93,15 +97,17 @@ pub fn run(opts: &SmokeOptions) -> SmokeReport {
     report.record(
         "start netns+device+vmm",
         Ok(format!(
-            "netns {}, features {:#x}",
+            "netns {}, features {:#x}, event idx {}",
             bed.ns.name(),
-            bed.vmm.acked_features()
+            bed.vmm.acked_features(),
+            bed.vmm.event_idx()
         )),
     );
     let nic = nic_arp(&mut bed, opts.queue_size);
     report.record("queue pair 0: ARP to peer", nic);
 
     let seed = opts.seed.unwrap_or_else(rand::random);
+    report.record("seed", Ok(format!("{seed} (replay with --seed {seed})")));
     let peer_mac = bed.peer_mac("tap0").unwrap_or([0x02, 0, 0, 0, 0, 1]);
     let set = OffloadSet::foundation(seed, opts.tcp_objects, peer_mac);
     let session = ControlSession::open(&mut bed.vmm, opts.queue_size, ControlConfig::default());
