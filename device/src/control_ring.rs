@@ -267,6 +267,8 @@ pub struct ControlRing {
     pending_bytes: usize,
     /// Fragment sequence number of `outbox.front()`.
     rx_sequence: u32,
+    /// Chains consumed so far (tx requests + rx buffers), to detect progress.
+    served: u64,
 }
 
 impl ControlRing {
@@ -277,6 +279,7 @@ impl ControlRing {
             sent: 0,
             pending_bytes: 0,
             rx_sequence: 0,
+            served: 0,
         }
     }
 
@@ -290,6 +293,10 @@ impl ControlRing {
     }
 
     /// Serve the control pair: `tx` is queue 3 (driver → device), `rx` is queue 2.
+    ///
+    /// Re-arms notifications before returning (with EVENT_IDX the avail_event fields are
+    /// what make the driver kick again): tx always unless back-pressured, rx while records
+    /// wait for buffers. Work that slipped in while re-arming is served in the same call.
     pub fn process<M: GuestMemory>(
         &mut self,
         mem: &M,
@@ -297,6 +304,36 @@ impl ControlRing {
         rx: &mut Queue,
     ) -> RingActivity {
         let mut act = RingActivity::default();
+        let mut idle_rounds = 0;
+        loop {
+            let before = self.served;
+            self.serve_tx(mem, tx, rx, &mut act);
+            self.deliver(mem, rx, &mut act);
+            let mut again = false;
+            if self.pending_bytes <= MAX_PENDING_BYTES {
+                again |= tx.enable_notification(mem).unwrap_or(false);
+            }
+            if !self.outbox.is_empty() {
+                again |= rx.enable_notification(mem).unwrap_or(false);
+            }
+            // A broken avail index makes "more available" true forever while nothing can
+            // be popped; never spin on it.
+            if self.served == before {
+                idle_rounds += 1;
+            }
+            if !again || idle_rounds > 1 {
+                return act;
+            }
+        }
+    }
+
+    fn serve_tx<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        tx: &mut Queue,
+        rx: &mut Queue,
+        act: &mut RingActivity,
+    ) {
         while self.pending_bytes <= MAX_PENDING_BYTES {
             let Some(chain) = tx.pop_descriptor_chain(mem) else {
                 break;
@@ -324,11 +361,10 @@ impl ControlRing {
                 warn!(head, error = %e, "control tx: add_used failed");
             }
             act.tx_used = true;
-            // Deliver as we go so a large backlog of requests cannot starve rx.
-            self.deliver(mem, rx, &mut act);
+            self.served += 1;
+            // Deliver as we go so a long run of requests cannot starve rx.
+            self.deliver(mem, rx, act);
         }
-        self.deliver(mem, rx, &mut act);
-        act
     }
 
     fn handle_bytes(&mut self, bytes: &[u8], head: u16) -> Vec<RxRecord> {
@@ -399,6 +435,7 @@ impl ControlRing {
                 warn!(head, error = %e, "control rx: add_used failed");
             }
             act.rx_used = true;
+            self.served += 1;
         }
     }
 }

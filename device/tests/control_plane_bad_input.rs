@@ -10,6 +10,7 @@ use chimney_abi::request::REQUEST_HEADER_LEN;
 use chimney_abi::*;
 use chimney_device::state_manipulation::ObjectLimits;
 use driver::{error_of, Rig, MEM_SIZE, QUEUE_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 fn negotiate(id: u64) -> Request {
@@ -685,4 +686,36 @@ fn request_split_over_many_small_descriptors_is_read_whole() {
     let c = rig.take_by_head(head);
     assert_eq!((c.request_id, c.status), (400, NdisStatus::SUCCESS));
     let _ = VRING_DESC_F_WRITE;
+}
+
+/// An avail index more than a queue size ahead is a driver bug virtio-queue refuses; the
+/// device must return (no spinning), and serve again once the index is sane.
+#[test]
+fn broken_avail_index_does_not_hang_the_device() {
+    let mut rig = ready_rig(ObjectLimits::default());
+    let avail_idx_addr = GuestAddress(0x1000 + 2); // tx avail ring at 0x1000, idx at +2
+    let sane: u16 = rig.mem.read_obj(avail_idx_addr).unwrap();
+    rig.mem
+        .write_obj(sane.wrapping_add(1000), avail_idx_addr)
+        .unwrap();
+    rig.run();
+    assert_eq!(rig.ring.pending_records(), 0);
+    rig.mem.write_obj(sane, avail_idx_addr).unwrap();
+    still_serves(&mut rig, 500);
+}
+
+/// With EVENT_IDX the device re-arms avail_event after serving, so the driver kicks again.
+#[test]
+fn event_idx_notifications_are_rearmed_after_processing() {
+    let mut rig = ready_rig(ObjectLimits::default());
+    rig.txq.set_event_idx(true);
+    rig.rxq.set_event_idx(true);
+    still_serves(&mut rig, 600);
+    // avail_event lives after the used ring entries: used + 4 + 8 * size.
+    let avail_event: u16 = rig
+        .mem
+        .read_obj(GuestAddress(0x2000 + 4 + 8 * u64::from(QUEUE_SIZE)))
+        .unwrap();
+    let consumed: u16 = rig.mem.read_obj(GuestAddress(0x1000 + 2)).unwrap();
+    assert_eq!(avail_event, consumed, "tx avail_event = next request slot");
 }
