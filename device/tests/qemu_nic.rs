@@ -250,6 +250,7 @@ fn serve_peer(listener: TcpListener, stop: &AtomicBool) -> PeerResult {
 fn start_device(
     ns: &NetNs,
     bin: &str,
+    queues: u32,
     socket: &Path,
     log_dir: &Path,
     deadline: Instant,
@@ -262,12 +263,15 @@ fn start_device(
             .arg(socket)
             .arg("--tap")
             .arg(TAP_NAME)
+            .arg("--queue-pairs")
+            .arg(queues.to_string())
             .arg("--pcap")
             .arg(log_dir.join("device.pcap"))
             .arg("--log-level")
             .arg("debug")
             .stdout(log_file(&device_log))
             .stderr(log_file(&device_log))
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null()),
     );
     while !socket.exists() {
@@ -291,9 +295,7 @@ fn start_device(
 /// Missing prerequisites fail under CI=true and skip (with a note) elsewhere.
 fn prerequisite_missing(what: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "qemu_nic: {what} (CI=true: this test must run, not skip)"
-        );
+        panic!("qemu_nic: {what} (CI=true: this test must run, not skip)");
     }
     eprintln!("qemu_nic: skipped: {what}");
     true
@@ -338,6 +340,26 @@ fn build_image(log_dir: &Path) -> PathBuf {
         "images/build-image printed {stdout:?}, which holds no vmlinuz + initramfs.cpio.gz"
     );
     dir
+}
+
+/// Remove this backend's log directories of earlier runs (each holds a pcap of ~17 MB).
+fn prune_old_logs(log_dir: &Path, label: &str) {
+    let Some(parent) = log_dir.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .and_then(|n| n.strip_prefix(label))
+            .is_some_and(|rest| rest.starts_with('-'))
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// An append-mode handle, so stdout and stderr of a child can share one log file.
@@ -390,7 +412,7 @@ fn run_nic_test(backend: Backend) {
     let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("qemu_nic")
         .join(format!("{label}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&log_dir);
+    prune_old_logs(&log_dir, &label);
     fs::create_dir_all(&log_dir).expect("create log dir");
     eprintln!("qemu_nic[{label}]: logs in {}", log_dir.display());
 
@@ -418,7 +440,12 @@ fn run_nic_test(backend: Backend) {
 
     let socket = log_dir.join("vhost-user.sock");
     let device_log = log_dir.join("device.log");
-    let mut device = device_bin.map(|bin| start_device(&ns, bin, &socket, &log_dir, deadline));
+    let mut device = match (backend, device_bin) {
+        (Backend::Device { queues }, Some(bin)) => {
+            Some(start_device(&ns, bin, queues, &socket, &log_dir, deadline))
+        }
+        _ => None,
+    };
 
     let console = log_dir.join("console.log");
     let qemu_log = log_dir.join("qemu.log");
