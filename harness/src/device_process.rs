@@ -8,8 +8,9 @@
 //! Finding the binary (cargo has no CARGO_BIN_EXE for other crates' binaries):
 //! 1. `$CHIMNEY_DEVICE_BIN` if set;
 //! 2. under cargo (`$CARGO` is set for `cargo test` / `cargo run`): `cargo build -p
-//!    chimney-device --bin chimney-device --message-format=json`, reading the executable
-//!    path from cargo's own output, so the target dir and profile are whatever cargo uses;
+//!    chimney-device --bin chimney-device --message-format=json` (profile `test` for test
+//!    binaries, else `dev`), reading the executable path from cargo's own output, so the
+//!    target dir is whatever cargo uses and the binary is never stale;
 //! 3. next to the running executable (or its parent, for test binaries in `deps/`).
 
 use std::io::BufRead;
@@ -58,9 +59,19 @@ fn find_device_binary() -> std::result::Result<PathBuf, String> {
 }
 
 fn build_with_cargo(cargo: &Path) -> std::result::Result<PathBuf, String> {
+    // A test binary lives in `<target>/<profile>/deps/`: build with the `test` profile then,
+    // so `cargo test --workspace`'s own build of the device is reused instead of a second
+    // compile with other settings.
+    let in_deps = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.ends_with("deps")))
+        .unwrap_or(false);
+    let profile = if in_deps { "test" } else { "dev" };
     let out = Command::new(cargo)
         .args([
             "build",
+            "--profile",
+            profile,
             "-p",
             "chimney-device",
             "--bin",
