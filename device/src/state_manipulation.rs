@@ -61,3 +61,6 @@ impl OpError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
