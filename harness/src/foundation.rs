@@ -405,6 +405,111 @@ pub fn invalidate_neighbor(s: &mut ControlSession, off: &Offloaded) -> Step<Stri
     ))
 }
 
+/// After invalidation the host does not update the object (C-094) and nothing new is
+/// linked to it: both are refused with ObjectInvalidated, and the state is unchanged.
+pub fn invalidated_neighbor_refuses_update_and_linking(
+    s: &mut ControlSession,
+    off: &Offloaded,
+) -> Step<String> {
+    let nh = off.handle(ObjectRef::Neighbor);
+    let mut cached = off.set.neighbor.cached;
+    cached.host_reachability_delta += 99;
+    let c = call(
+        s,
+        "update of invalidated neighbor",
+        RequestBody::Update(Tree {
+            blocks: vec![one_block(
+                OffloadStateType::NeighborCached,
+                host_context(ObjectRef::Neighbor),
+                UpdateBlock::Object {
+                    handle: nh,
+                    cached: Some(CachedState::Neighbor(cached)),
+                },
+            )],
+        }),
+    )?;
+    expect_error(
+        "update of an invalidated neighbor (C-094)",
+        &c,
+        Reason::ObjectInvalidated,
+    )?;
+    let ObjectState::Path(path) = off.set.object(ObjectRef::Path(0)) else {
+        unreachable!("ObjectRef::Path always names a path");
+    };
+    let mut root = one_block(OffloadStateType::Neighbor, 1, InitiateBlock::Linker(nh));
+    root.dependent = Some(1);
+    let tree = Tree {
+        blocks: vec![
+            root,
+            one_block(
+                OffloadStateType::Ip4,
+                2,
+                InitiateBlock::New(ObjectState::Path(path)),
+            ),
+        ],
+    };
+    let c = call(
+        s,
+        "link to invalidated neighbor",
+        RequestBody::Initiate(tree),
+    )?;
+    expect_error(
+        "linker to an invalidated neighbor",
+        &c,
+        Reason::ObjectInvalidated,
+    )?;
+    query_matches(s, off).map_err(|e| format!("after refused requests: {e}"))?;
+    Ok("update and linking refused with ObjectInvalidated, state unchanged".into())
+}
+
+/// Terminating a path while its TCP objects stay offloaded is refused (C-110), as is a
+/// tree naming one object twice; nothing is terminated by either.
+pub fn terminate_misuse_refused(s: &mut ControlSession, off: &Offloaded) -> Step<String> {
+    let ph = off.handle(ObjectRef::Path(0));
+    let c = call(
+        s,
+        "terminate path with dependents",
+        RequestBody::Terminate(Tree {
+            blocks: vec![one_block(
+                OffloadStateType::Ip4,
+                host_context(ObjectRef::Path(0)),
+                TerminateBlock::Object {
+                    handle: ph,
+                    return_delegated: true,
+                },
+            )],
+        }),
+    )?;
+    let e = expect_error(
+        "terminate of a path with dependents (C-110)",
+        &c,
+        Reason::HasDependents,
+    )?;
+    let th = off.handle(ObjectRef::Tcp(0));
+    let body = TerminateBlock::Object {
+        handle: th,
+        return_delegated: true,
+    };
+    let mut a = one_block(OffloadStateType::Tcp, 1, body);
+    a.next = Some(1);
+    let b = one_block(OffloadStateType::Tcp, 1, body);
+    let c = call(
+        s,
+        "terminate the same TCP twice",
+        RequestBody::Terminate(Tree { blocks: vec![a, b] }),
+    )?;
+    let e2 = expect_error(
+        "one object referenced twice",
+        &c,
+        Reason::DuplicateReference,
+    )?;
+    query_matches(s, off).map_err(|e| format!("after refused terminates: {e}"))?;
+    Ok(format!(
+        "{:?}, {:?}; nothing terminated",
+        e.reason, e2.reason
+    ))
+}
+
 /// Terminate everything in one tree asking for delegated state back; compare it with
 /// what was offloaded (C-111). Afterwards the handles are stale.
 pub fn terminate_matches(s: &mut ControlSession, off: &Offloaded) -> Step<String> {
@@ -565,6 +670,14 @@ pub fn run_sequence(
     };
     step("const update refused", const_update_refused(s, &off));
     step("invalidate neighbor", invalidate_neighbor(s, &off));
+    step(
+        "invalidated: update/link refused",
+        invalidated_neighbor_refuses_update_and_linking(s, &off),
+    );
+    step(
+        "terminate misuse refused",
+        terminate_misuse_refused(s, &off),
+    );
     step("terminate all", terminate_matches(s, &off));
     step(
         "terminated handle refused",
@@ -584,7 +697,7 @@ pub fn run_bad_input(
     mut record: impl FnMut(&'static str, Step<String>),
 ) -> bool {
     type Case = fn(&mut ControlSession, &OffloadSet) -> Step<String>;
-    let cases: [(&'static str, Case); 7] = [
+    let cases: [(&'static str, Case); 8] = [
         (
             "bad: descriptor outside RAM",
             bad_input::descriptor_outside_memory,
@@ -595,6 +708,10 @@ pub fn run_bad_input(
         ("bad: truncated record", bad_input::truncated_record),
         ("bad: cycle / layer order", bad_input::bad_trees),
         ("bad: unknown handle", bad_input::unknown_handle),
+        (
+            "bad: handle of wrong layer",
+            bad_input::handle_of_wrong_layer,
+        ),
     ];
     let mut ok = true;
     for (name, case) in cases {
@@ -1005,6 +1122,31 @@ pub mod bad_input {
             "{:?} (block {:?}), {:?} (block {:?})",
             e1.reason, e1.block, e2.reason, e2.block
         ))
+    }
+
+    /// A neighbor's handle in a block whose Type says TCP.
+    pub fn handle_of_wrong_layer(s: &mut ControlSession, set: &OffloadSet) -> Step<String> {
+        let c = s
+            .call(RequestBody::Initiate(Tree {
+                blocks: vec![one_block(
+                    OffloadStateType::Neighbor,
+                    1,
+                    InitiateBlock::New(ObjectState::Neighbor(set.neighbor)),
+                )],
+            }))
+            .map_err(|e| e.to_string())?;
+        let h = initiate_results("initiate neighbor", &c, 1)?[0]
+            .handle
+            .ok_or("initiate neighbor: no handle")?;
+        let c = s
+            .call(RequestBody::Query(Tree {
+                blocks: vec![one_block(OffloadStateType::Tcp, 1, RefBlock::Object(h))],
+            }))
+            .map_err(|e| e.to_string())?;
+        let e = expect_error("neighbor handle as TCP", &c, Reason::HandleLayerMismatch)?;
+        terminate_list(s, "cleanup neighbor", OffloadStateType::Neighbor, &[h])?;
+        follow_up(s, set, "handle of wrong layer")?;
+        Ok(format!("{:?} ({})", e.reason, e.field))
     }
 
     /// A handle that never named anything.

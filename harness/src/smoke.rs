@@ -61,8 +61,8 @@ impl fmt::Display for SmokeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.steps {
             match &s.outcome {
-                Ok(detail) => writeln!(f, "PASS {:<28} {detail}", s.name)?,
-                Err(why) => writeln!(f, "FAIL {:<28} {why}", s.name)?,
+                Ok(detail) => writeln!(f, "PASS {:<34} {detail}", s.name)?,
+                Err(why) => writeln!(f, "FAIL {:<34} {why}", s.name)?,
             }
         }
         let failed = self.steps.iter().filter(|s| s.outcome.is_err()).count();

@@ -73,6 +73,10 @@ fn tree_of_1_neighbor_2_paths_1000_tcp_round_trips_through_query_update_invalida
     let off = must(foundation::update_cached(&mut s, &off));
     must(foundation::const_update_refused(&mut s, &off));
     must(foundation::invalidate_neighbor(&mut s, &off));
+    must(foundation::invalidated_neighbor_refuses_update_and_linking(
+        &mut s, &off,
+    ));
+    must(foundation::terminate_misuse_refused(&mut s, &off));
     must(foundation::terminate_matches(&mut s, &off));
     must(foundation::terminated_handle_refused(&mut s, &off));
     must(foundation::still_serving(&mut s, &set));
@@ -159,4 +163,8 @@ bad_input_test!(
 bad_input_test!(
     unknown_handle_gets_error_completion_and_device_keeps_serving,
     bad_input::unknown_handle
+);
+bad_input_test!(
+    handle_of_another_layer_gets_error_completion_and_device_keeps_serving,
+    bad_input::handle_of_wrong_layer
 );
