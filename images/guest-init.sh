@@ -3,8 +3,8 @@
 # start with "CHIMNEY " so the host side can parse them among the kernel's messages:
 #   CHIMNEY init uptime=<s>                          init started (boot time, from /proc/uptime)
 #   CHIMNEY link eth0 up uptime=<s>                  eth0 exists, has its address and is up
-#   CHIMNEY ping transmitted=<n> received=<n>        result of the measured ping to the peer
-#   CHIMNEY payload sha256=<hex> bytes=<n>           hash of the data about to be sent
+#   CHIMNEY ping transmitted=<n> received=<n> uptime=<s>   result of the measured pings
+#   CHIMNEY payload sha256=<hex> bytes=<n> uptime=<s>      hash of the data about to be sent
 #   CHIMNEY sent rc=<nc exit status> uptime=<s>      the TCP transfer ended
 #   CHIMNEY error <reason>                           something failed (the run still powers off)
 #   CHIMNEY done                                     last line before power-off
@@ -87,12 +87,12 @@ done
 out=$(ping -c "$pings" -W 2 "$peer" 2>&1)
 tx=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
 rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-say "ping transmitted=${tx:-0} received=${rx:-0}"
+say "ping transmitted=${tx:-0} received=${rx:-0} uptime=$(uptime_s)"
 
 head -c "$bytes" /dev/urandom > /tmp/payload || fail "cannot create payload"
 size=$(wc -c < /tmp/payload)
 sum=$(sha256sum /tmp/payload | cut -d' ' -f1)
-say "payload sha256=$sum bytes=$size"
+say "payload sha256=$sum bytes=$size uptime=$(uptime_s)"
 
 # busybox nc half-closes after stdin's EOF and exits when the peer closes.
 nc -w 10 "$peer" "$port" < /tmp/payload
