@@ -107,6 +107,8 @@ fn build_with_cargo(cargo: &Path) -> std::result::Result<PathBuf, String> {
 /// How to start the device.
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
+    /// The executable; `None` = [`device_binary`].
+    pub binary: Option<PathBuf>,
     pub queue_pairs: u16,
     /// TAP name inside the namespace (the device opens it).
     pub tap: String,
@@ -118,6 +120,7 @@ pub struct DeviceOptions {
 impl Default for DeviceOptions {
     fn default() -> Self {
         Self {
+            binary: None,
             queue_pairs: 2,
             tap: "tap0".to_string(),
             extra_args: Vec::new(),
@@ -139,7 +142,16 @@ impl DeviceProcess {
     /// wait until the socket exists. The socket is a file, so it is reachable from any
     /// namespace.
     pub fn start_in(ns: &NetNs, opts: &DeviceOptions) -> Result<DeviceProcess> {
-        let bin = device_binary()?;
+        let bin = match &opts.binary {
+            Some(b) if b.is_file() => b.clone(),
+            Some(b) => {
+                return Err(HarnessError::Device(format!(
+                    "device binary {} is not a file",
+                    b.display()
+                )))
+            }
+            None => device_binary()?,
+        };
         let socket = std::env::temp_dir().join(format!(
             "chimney-device-{}-{}.sock",
             std::process::id(),

@@ -17,6 +17,10 @@ use crate::testbed::{TestBed, TestBedConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SmokeOptions {
+    /// The chimney-device executable (default: $CHIMNEY_DEVICE_BIN, a cargo build, or the
+    /// one next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub device: Option<std::path::PathBuf>,
     /// Queue pairs to ask the device for.
     #[arg(long, default_value_t = 2)]
     pub queue_pairs: u16,
@@ -83,6 +87,7 @@ pub fn run(opts: &SmokeOptions) -> SmokeReport {
     let mut cfg = TestBedConfig::default();
     cfg.vmm.queue_pairs = opts.queue_pairs;
     cfg.vmm.event_idx = !opts.no_event_idx;
+    cfg.device.binary = opts.device.clone();
     let bed = TestBed::start(&cfg);
     let Some(mut bed) = bed
         .map_err(|e| e.to_string())
