@@ -697,7 +697,7 @@ pub fn run_bad_input(
     mut record: impl FnMut(&'static str, Step<String>),
 ) -> bool {
     type Case = fn(&mut ControlSession, &OffloadSet) -> Step<String>;
-    let cases: [(&'static str, Case); 8] = [
+    let cases: [(&'static str, Case); 9] = [
         (
             "bad: descriptor outside RAM",
             bad_input::descriptor_outside_memory,
@@ -712,6 +712,7 @@ pub fn run_bad_input(
             "bad: handle of wrong layer",
             bad_input::handle_of_wrong_layer,
         ),
+        ("bad: terminated handle", bad_input::terminated_handle),
     ];
     let mut ok = true;
     for (name, case) in cases {
@@ -1147,6 +1148,15 @@ pub mod bad_input {
         terminate_list(s, "cleanup neighbor", OffloadStateType::Neighbor, &[h])?;
         follow_up(s, set, "handle of wrong layer")?;
         Ok(format!("{:?} ({})", e.reason, e.field))
+    }
+
+    /// A handle whose object was terminated (the slot's generation moved on).
+    pub fn terminated_handle(s: &mut ControlSession, set: &OffloadSet) -> Step<String> {
+        let off = offload(s, set)?;
+        terminate_matches(s, &off)?;
+        let r = terminated_handle_refused(s, &off)?;
+        follow_up(s, set, "terminated handle")?;
+        Ok(r)
     }
 
     /// A handle that never named anything.

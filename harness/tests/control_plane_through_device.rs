@@ -168,3 +168,7 @@ bad_input_test!(
     handle_of_another_layer_gets_error_completion_and_device_keeps_serving,
     bad_input::handle_of_wrong_layer
 );
+bad_input_test!(
+    terminated_handle_gets_stale_handle_error_and_device_keeps_serving,
+    bad_input::terminated_handle
+);
