@@ -397,6 +397,24 @@ impl<B: BlockBody> Tree<B> {
         Ok(Tree { blocks })
     }
 
+    /// Check the link structure of an in-memory tree with the same rules the decoder
+    /// applies (indices in range, no block twice, all reachable, layer order). Trees from
+    /// `Request::decode` already passed it.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        if self.blocks.is_empty() {
+            return Err(DecodeError::InvalidValue {
+                field: Field::new("tree.block_count"),
+                value: 0,
+            });
+        }
+        let links: Vec<_> = self
+            .blocks
+            .iter()
+            .map(|b| (b.state_type.layer(), link(b.next), link(b.dependent)))
+            .collect();
+        check_links(&links)
+    }
+
     /// Depth-first/breadth-next order (C-035): a block, then its dependent list
     /// (recursively), then its next block. Only meaningful on a validated tree; on a
     /// malformed one it stops at the first bad link instead of looping.

@@ -53,6 +53,16 @@ pub struct OpError {
     pub field: Field,
 }
 
+/// Link rules of §2.9 for trees handed in directly (not through `Request::decode`).
+pub(crate) fn check_tree<B: chimney_abi::tree::BlockBody>(
+    tree: &chimney_abi::Tree<B>,
+) -> Result<(), OpError> {
+    tree.check().map_err(|e| OpError {
+        reason: e.reason(),
+        field: e.field(),
+    })
+}
+
 impl OpError {
     pub(crate) fn at(block: u32, name: &'static str, reason: Reason) -> Self {
         Self {

@@ -2,7 +2,7 @@
 
 use super::objects::{FourTuple, NeighborObject, PathObject, TcpObject};
 use super::table::ObjectTable;
-use super::{OpError, MAX_PATH_MTU, MAX_RCV_WINDOW};
+use super::{check_tree, OpError, MAX_PATH_MTU, MAX_RCV_WINDOW};
 use chimney_abi::{
     BlockResult, DeviceHandle, InitiateBlock, Layer, NdisStatus, ObjectState, Reason, Tree,
 };
@@ -33,6 +33,7 @@ impl ObjectTable {
         &mut self,
         tree: &Tree<InitiateBlock>,
     ) -> Result<Vec<BlockResult<Infallible>>, OpError> {
+        check_tree(tree)?;
         for (i, b) in tree.blocks.iter().enumerate() {
             if let InitiateBlock::Linker(h) = b.body {
                 let i = i as u32;

@@ -1,7 +1,7 @@
 //! Invalidate (digest §3.4, C-097..C-103).
 
 use super::table::ObjectTable;
-use super::OpError;
+use super::{check_tree, OpError};
 use chimney_abi::event::{tcp_event, upload_reason};
 use chimney_abi::{BlockResult, Event, EventClass, Layer, NdisStatus, RefBlock, Tree};
 use std::convert::Infallible;
@@ -16,6 +16,7 @@ impl ObjectTable {
         &mut self,
         tree: &Tree<RefBlock>,
     ) -> Result<(Vec<BlockResult<Infallible>>, Vec<Event>), OpError> {
+        check_tree(tree)?;
         for (i, b) in tree.blocks.iter().enumerate() {
             if let RefBlock::Object(h) = b.body {
                 self.check_ref(i as u32, b.state_type.layer(), h)?;

@@ -1,7 +1,7 @@
 //! Query (digest §3.2, C-075..C-081).
 
 use super::table::ObjectTable;
-use super::OpError;
+use super::{check_tree, OpError};
 use chimney_abi::{
     BlockResult, DeviceHandle, Layer, NdisStatus, NeighborState, ObjectState, PathState,
     QueriedState, Reason, RefBlock, TcpState, Tree, BACKLOG_UNSUPPORTED,
@@ -13,6 +13,7 @@ impl ObjectTable {
     /// which an emulated device does not have). Without a running engine the backlog
     /// sizes are reported as unsupported, 0xFFFFFFFF (C-079).
     pub fn query(&self, tree: &Tree<RefBlock>) -> Result<Vec<BlockResult<QueriedState>>, OpError> {
+        check_tree(tree)?;
         for (i, b) in tree.blocks.iter().enumerate() {
             if let RefBlock::Object(h) = b.body {
                 self.check_ref(i as u32, b.state_type.layer(), h)?;

@@ -1,7 +1,7 @@
 //! Terminate offload (digest §3.5, C-104..C-137).
 
 use super::table::ObjectTable;
-use super::OpError;
+use super::{check_tree, OpError};
 use chimney_abi::{
     BlockResult, DelegatedState, DeviceHandle, Layer, NdisStatus, Reason, TerminateBlock, Tree,
 };
@@ -22,6 +22,7 @@ impl ObjectTable {
         &mut self,
         tree: &Tree<TerminateBlock>,
     ) -> Result<Vec<BlockResult<DelegatedState>>, OpError> {
+        check_tree(tree)?;
         let mut set = HashSet::new();
         for (i, b) in tree.blocks.iter().enumerate() {
             if let TerminateBlock::Object { handle, .. } = b.body {

@@ -301,3 +301,19 @@ fn linker_with_the_wrong_ip_version_is_refused() {
         (Reason::InvalidValue, "state_type")
     );
 }
+
+/// Trees handed in directly (not decoded from the ring) are link-checked too: no panic on
+/// an out-of-range index.
+#[test]
+fn malformed_in_memory_tree_is_refused_not_a_panic() {
+    let mut t = ObjectTable::new(ObjectLimits::default());
+    let mut tree = TreeBuilder::new_object(1, ObjectState::Neighbor(neighbor())).build();
+    tree.blocks[0].dependent = Some(42);
+    let e = t.initiate(&tree).unwrap_err();
+    assert_eq!(
+        (e.reason, e.field.name),
+        (Reason::LinkOutOfRange, "dependent")
+    );
+    let empty: Tree<RefBlock> = Tree { blocks: Vec::new() };
+    assert_eq!(t.query(&empty).unwrap_err().reason, Reason::InvalidValue);
+}

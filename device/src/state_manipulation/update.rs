@@ -1,7 +1,7 @@
 //! Update (digest §3.3, C-082..C-096).
 
 use super::table::ObjectTable;
-use super::OpError;
+use super::{check_tree, OpError};
 use chimney_abi::{
     BlockResult, CachedState, DeviceHandle, Layer, NdisStatus, Reason, Tree, UpdateBlock,
 };
@@ -23,6 +23,7 @@ impl ObjectTable {
         &mut self,
         tree: &Tree<UpdateBlock>,
     ) -> Result<Vec<BlockResult<Infallible>>, OpError> {
+        check_tree(tree)?;
         let mut seen = HashSet::new();
         for (i, b) in tree.blocks.iter().enumerate() {
             let i = i as u32;
