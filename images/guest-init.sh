@@ -10,7 +10,7 @@
 #   CHIMNEY done                                     last line before power-off
 #
 # Parameters come from the kernel command line (defaults in brackets):
-#   chimney.mode=nic|shell   [nic]  nic: the NIC test below; shell: a console shell (debugging)
+#   chimney.mode=nic|shell   [nic]  nic: the NIC test below; shell: eth0 up, then a console shell
 #   chimney.addr=A/LEN       [192.0.2.2/24]  eth0's address
 #   chimney.peer=A           [192.0.2.1]     the Linux peer behind the TAP
 #   chimney.port=P           [5201]          the peer's TCP listener
@@ -60,12 +60,6 @@ while read -r name path; do
     insmod "$path" || fail "insmod $name failed"
 done < /etc/modules.order
 
-if [ "$mode" = shell ]; then
-    say "shell (exit to power off)"
-    setsid cttyhack sh
-    finish
-fi
-
 # eth0 appears once virtio_net has probed the PCI function.
 i=0
 while [ ! -e /sys/class/net/eth0 ]; do
@@ -77,6 +71,12 @@ ip link set lo up
 ip addr add "$addr" dev eth0 || fail "ip addr add $addr"
 ip link set eth0 up || fail "ip link set eth0 up"
 say "link eth0 up uptime=$(uptime_s) mac=$(cat /sys/class/net/eth0/address)"
+
+if [ "$mode" = shell ]; then
+    say "shell (eth0 is $addr, the peer $peer; exit to power off)"
+    setsid cttyhack sh
+    finish
+fi
 
 # Wait until the peer answers (ARP + first echo), then measure.
 i=0
