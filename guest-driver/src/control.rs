@@ -123,6 +123,9 @@ impl ControlChannel {
                 "rx_buffer_len below the ABI's MIN_RX_BUFFER",
             ));
         }
+        if u32::try_from(cfg.rx_buffer_len).is_err() {
+            return Err(ControlError::Config("rx_buffer_len must be below 4 GiB"));
+        }
         if cfg.rx_buffers == 0 || cfg.rx_buffers > rx.size() {
             return Err(ControlError::Config("rx_buffers must be 1..=rx queue size"));
         }

@@ -29,7 +29,12 @@ pub enum NicError {
     RxTooShort { len: u32 },
     #[error("device returned token {token}, which names no buffer of this queue")]
     UnknownToken { token: u64 },
+    #[error("buffer length {0} must be between {min} and 4 GiB", min = MIN_BUFFER)]
+    BadBufferLength(usize),
 }
+
+/// Smallest buffer: the header plus an Ethernet header.
+pub const MIN_BUFFER: usize = VNET_HDR_LEN + 14;
 
 /// The driver side of one NIC queue pair (rx = 2n, tx = 2n+1).
 #[derive(Debug)]
@@ -50,6 +55,9 @@ impl NicQueues {
         tx: Virtqueue,
         buf_len: usize,
     ) -> Result<Self, NicError> {
+        if buf_len < MIN_BUFFER || u32::try_from(buf_len).is_err() {
+            return Err(NicError::BadBufferLength(buf_len));
+        }
         let mut rx_bufs = Vec::new();
         for _ in 0..rx.size() {
             rx_bufs.push(platform.alloc_dma(buf_len, 64)?);

@@ -760,7 +760,8 @@ fn one_block<B>(state_type: OffloadStateType, host_context: u64, body: B) -> Blo
     }
 }
 
-/// A TCP object on `path` of the fixture, with its own local port.
+/// A TCP object like the fixture's first one, with local port `port` (below 1024: the
+/// fixture uses 1024 and up, so the 4-tuple is new).
 fn extra_tcp(off: &Offloaded, port: u16, closed: bool) -> ObjectState {
     let ObjectState::Tcp(mut t) = off.set.object(ObjectRef::Tcp(0)) else {
         unreachable!("ObjectRef::Tcp always names a TCP object");
@@ -866,7 +867,7 @@ pub fn placeholders_and_linkers(s: &mut ControlSession, off: &Offloaded) -> Step
         blocks: vec![
             root,
             p,
-            one_block(T::Tcp, 6, InitiateBlock::New(extra_tcp(off, 40_000, false))),
+            one_block(T::Tcp, 6, InitiateBlock::New(extra_tcp(off, 1000, false))),
         ],
     };
     let c = call(s, "linker", RequestBody::Initiate(tree))?;
@@ -884,7 +885,7 @@ pub fn placeholders_and_linkers(s: &mut ControlSession, off: &Offloaded) -> Step
             blocks: vec![one_block(T::Tcp, 6, RefBlock::Object(new_tcp))],
         }),
     )?;
-    let expected = QueriedState::select(T::Tcp, &extra_tcp(off, 40_000, false));
+    let expected = QueriedState::select(T::Tcp, &extra_tcp(off, 1000, false));
     match &q.body {
         CompletionBody::Query(v) if v.len() == 1 && v[0].state == Some(expected) => {}
         other => {
@@ -902,13 +903,13 @@ pub fn placeholders_and_linkers(s: &mut ControlSession, off: &Offloaded) -> Step
         InitiateBlock::Linker(off.handle(ObjectRef::Path(0))),
     );
     root.dependent = Some(1);
-    let mut good = one_block(T::Tcp, 8, InitiateBlock::New(extra_tcp(off, 40_001, false)));
+    let mut good = one_block(T::Tcp, 8, InitiateBlock::New(extra_tcp(off, 1001, false)));
     good.next = Some(2);
     let tree = Tree {
         blocks: vec![
             root,
             good,
-            one_block(T::Tcp, 9, InitiateBlock::New(extra_tcp(off, 40_002, true))),
+            one_block(T::Tcp, 9, InitiateBlock::New(extra_tcp(off, 1002, true))),
         ],
     };
     let c = call(s, "linker partial", RequestBody::Initiate(tree))?;
@@ -939,7 +940,7 @@ pub fn placeholders_and_linkers(s: &mut ControlSession, off: &Offloaded) -> Step
     let tree = Tree {
         blocks: vec![
             root,
-            one_block(T::Tcp, 11, InitiateBlock::New(extra_tcp(off, 40_003, true))),
+            one_block(T::Tcp, 11, InitiateBlock::New(extra_tcp(off, 1003, true))),
         ],
     };
     let c = call(s, "linker all fail", RequestBody::Initiate(tree))?;

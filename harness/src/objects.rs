@@ -43,9 +43,13 @@ pub fn host_context(r: ObjectRef) -> u64 {
     }
 }
 
+/// Largest `tcp_count` with distinct local ports per path.
+pub const MAX_TCP_OBJECTS: usize = 2 * (65_535 - 1024);
+
 impl OffloadSet {
     /// 1 neighbor, an IPv4 and an IPv6 path, `tcp_count` connections (even ones on the
-    /// IPv4 path, odd ones on the IPv6 path), all values from `seed`.
+    /// IPv4 path, odd ones on the IPv6 path), all values from `seed`. At most
+    /// [`MAX_TCP_OBJECTS`] (local ports stay unique per path).
     pub fn foundation(seed: u64, tcp_count: usize, peer_mac: [u8; 6]) -> OffloadSet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut dl_dst = [0u8; 32];
@@ -81,7 +85,7 @@ impl OffloadSet {
                 delegated: PathDelegated,
             },
         ];
-        let tcp = (0..tcp_count)
+        let tcp = (0..tcp_count.min(MAX_TCP_OBJECTS))
             .map(|i| (i % 2, random_tcp(&mut rng, i, i % 2 == 1)))
             .collect();
         OffloadSet {
@@ -137,7 +141,8 @@ fn random_tcp(rng: &mut ChaCha8Rng, i: usize, v6: bool) -> TcpState {
                 | TCP_FLAG_SACK_ENABLED
                 | TCP_FLAG_WINDOW_SCALING_ENABLED,
             remote_port: 5001,
-            local_port: 20_000 + i as u16,
+            // Connections alternate between the two paths: i / 2 is unique per path.
+            local_port: 1024 + (i / 2) as u16,
             snd_wind_scale: rng.gen_range(0..=14),
             rcv_wind_scale: rng.gen_range(0..=14),
             remote_mss: if v6 { 1440 } else { 1460 },

@@ -28,8 +28,8 @@ pub struct SmokeOptions {
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
     /// TCP objects in the offloaded tree (split over the IPv4 and IPv6 paths).
-    #[arg(long, default_value_t = 1000)]
-    pub tcp_objects: usize,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=128_000))]
+    pub tcp_objects: u32,
     /// Seed for the offloaded state (printed; pass it back to replay a run).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -114,7 +114,7 @@ pub fn run(opts: &SmokeOptions) -> SmokeReport {
     let seed = opts.seed.unwrap_or_else(rand::random);
     report.record("seed", Ok(format!("{seed} (replay with --seed {seed})")));
     let peer_mac = bed.peer_mac("tap0").unwrap_or([0x02, 0, 0, 0, 0, 1]);
-    let set = OffloadSet::foundation(seed, opts.tcp_objects, peer_mac);
+    let set = OffloadSet::foundation(seed, opts.tcp_objects as usize, peer_mac);
     let session = ControlSession::open(&mut bed.vmm, opts.queue_size, ControlConfig::default());
     let mut session = match session {
         Ok(s) => s,
