@@ -25,6 +25,7 @@ use crate::request::Opcode;
 use crate::state::{DelegatedState, OffloadStateType, QueriedState};
 use crate::status::{NdisStatus, Reason};
 use crate::tree::{FLAG_STATE_FOLLOWS, MAX_TREE_BLOCKS};
+use crate::view::RecordHeaderView;
 use crate::wire::{Rd, Wr};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -66,18 +67,23 @@ impl RecordHeader {
         w.u32(0);
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Rd::new(bytes);
+        let v = RecordHeaderView::new_checked(bytes)?;
+        if v.reserved() != 0 {
+            return Err(DecodeError::InvalidValue {
+                field: Field::new("record.reserved"),
+                value: u64::from(v.reserved()),
+            });
+        }
         let h = Self {
-            kind: r.u16("record.kind")?,
-            opcode: r.u16("record.opcode")?,
-            length: r.u32("record.length")?,
-            request_id: r.u64("record.request_id")?,
-            tx_head: r.u16("record.tx_head")?,
-            flags: r.u16("record.flags")?,
-            status: NdisStatus(r.u32("record.status")?),
-            count: r.u32("record.count")?,
+            kind: v.kind(),
+            opcode: v.opcode(),
+            length: v.length(),
+            request_id: v.request_id(),
+            tx_head: v.tx_head(),
+            flags: v.flags(),
+            status: NdisStatus(v.status()),
+            count: v.count(),
         };
-        r.zero(4, "record.reserved")?;
         if h.length as usize != bytes.len() {
             return Err(DecodeError::LengthMismatch {
                 field: Field::new("record.length"),

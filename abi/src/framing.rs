@@ -14,7 +14,8 @@
 //! skipped by the driver; no record is lost by that.
 
 use crate::error::{DecodeError, Field};
-use crate::wire::{Rd, Wr};
+use crate::view::FragmentHeaderView;
+use crate::wire::Wr;
 use alloc::vec::Vec;
 
 pub const FRAGMENT_HEADER_LEN: usize = 16;
@@ -37,12 +38,12 @@ impl FragmentHeader {
         w.u32(self.fragment_length);
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Rd::new(bytes);
+        let v = FragmentHeaderView::new_checked(bytes)?;
         Ok(Self {
-            sequence: r.u32("fragment.sequence")?,
-            record_length: r.u32("fragment.record_length")?,
-            offset: r.u32("fragment.offset")?,
-            fragment_length: r.u32("fragment.fragment_length")?,
+            sequence: v.sequence(),
+            record_length: v.record_length(),
+            offset: v.offset(),
+            fragment_length: v.fragment_length(),
         })
     }
 }

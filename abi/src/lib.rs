@@ -27,6 +27,7 @@ pub mod request;
 pub mod state;
 pub mod status;
 pub mod tree;
+pub mod view;
 mod wire;
 
 pub use caps::{OffloadParameters, TcpConnectionOffload};

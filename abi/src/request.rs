@@ -12,6 +12,7 @@
 use crate::caps::OffloadParameters;
 use crate::error::{DecodeError, Field};
 use crate::tree::{InitiateBlock, RefBlock, TerminateBlock, Tree, UpdateBlock};
+use crate::view::RequestHeaderView;
 use crate::wire::{Rd, Wr};
 use alloc::vec::Vec;
 
@@ -55,18 +56,23 @@ pub struct RequestHeader {
 impl RequestHeader {
     /// Decode only the header (the device does this first, to bound the record).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Rd::new(bytes);
-        let opcode = r.u16("header.opcode")?;
-        r.zero(2, "header.flags")?;
-        let length = r.u32("header.length")?;
-        let request_id = r.u64("header.request_id")?;
-        if (length as usize) < REQUEST_HEADER_LEN {
-            return Err(r.invalid("header.length", u64::from(length)));
+        let v = RequestHeaderView::new_checked(bytes)?;
+        if v.flags() != 0 {
+            return Err(DecodeError::InvalidValue {
+                field: Field::new("header.flags"),
+                value: u64::from(v.flags()),
+            });
+        }
+        if (v.length() as usize) < REQUEST_HEADER_LEN {
+            return Err(DecodeError::InvalidValue {
+                field: Field::new("header.length"),
+                value: u64::from(v.length()),
+            });
         }
         Ok(Self {
-            opcode,
-            length,
-            request_id,
+            opcode: v.opcode(),
+            length: v.length(),
+            request_id: v.request_id(),
         })
     }
 }

@@ -24,6 +24,7 @@
 use crate::error::{DecodeError, Field};
 use crate::handle::DeviceHandle;
 use crate::state::{CachedState, Layer, ObjectState, OffloadStateType, StateClass};
+use crate::view::BlockView;
 use crate::wire::{Rd, Wr};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -358,25 +359,33 @@ impl<B: BlockBody> Tree<B> {
         let mut heads = Vec::with_capacity(count as usize);
         for i in 0..count {
             r.set_block(Some(i));
-            let ty_raw = r.u8("state_type")?;
-            let ty = OffloadStateType::from_u8(ty_raw)
+            let v = BlockView::new_checked(r.take(BLOCK_LEN, "tree.blocks")?)?;
+            let bad = |name, value| DecodeError::InvalidValue {
+                field: Field::in_block(i, name),
+                value,
+            };
+            let ty = OffloadStateType::from_u8(v.state_type())
                 .filter(|t| *t != OffloadStateType::TcpResource)
-                .ok_or_else(|| r.invalid("state_type", u64::from(ty_raw)))?;
-            let role = r.u8("role")?;
-            if role > ROLE_NEW {
-                return Err(r.invalid("role", u64::from(role)));
+                .ok_or_else(|| bad("state_type", u64::from(v.state_type())))?;
+            if v.role() > ROLE_NEW {
+                return Err(bad("role", u64::from(v.role())));
             }
-            let flags = r.u8("flags")?;
-            if flags & !FLAG_STATE_FOLLOWS != 0 {
-                return Err(r.invalid("flags", u64::from(flags)));
+            if v.flags() & !FLAG_STATE_FOLLOWS != 0 {
+                return Err(bad("flags", u64::from(v.flags())));
             }
-            let _revision = r.u8("revision")?;
-            let next = r.u32("next")?;
-            let dependent = r.u32("dependent")?;
-            r.zero(4, "reserved")?;
-            let handle = r.u64("handle")?;
-            let host_context = r.u64("host_context")?;
-            heads.push((ty, role, flags, next, dependent, handle, host_context));
+            if v.reserved() != 0 {
+                return Err(bad("reserved", u64::from(v.reserved())));
+            }
+            // Revision: 1 is sent; other values are accepted (digest §7.1 item 29).
+            heads.push((
+                ty,
+                v.role(),
+                v.flags(),
+                v.next(),
+                v.dependent(),
+                v.handle(),
+                v.host_context(),
+            ));
         }
         let links: Vec<_> = heads.iter().map(|h| (h.0.layer(), h.3, h.4)).collect();
         check_links(&links)?;

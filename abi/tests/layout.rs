@@ -240,3 +240,27 @@ fn handles_carry_layer_slot_and_generation() {
     );
     assert_eq!(DeviceHandle(0).layer(), None);
 }
+
+#[test]
+fn views_read_and_patch_encoded_records() {
+    use chimney_abi::view::*;
+    let mut bytes = Request {
+        request_id: 0x1122_3344_5566_7788,
+        body: RequestBody::Negotiate(Negotiate {
+            min_version: 1,
+            max_version: 1,
+        }),
+    }
+    .encode();
+    let mut h = RequestHeaderView::new_checked(&mut bytes[..]).unwrap();
+    assert_eq!(
+        (h.opcode(), h.length(), h.request_id()),
+        (1, 24, 0x1122_3344_5566_7788)
+    );
+    h.set_opcode(99);
+    assert_eq!(RequestHeader::decode(&bytes).map(|h| h.opcode), Ok(99));
+    let e = RequestHeaderView::new_checked(&bytes[..15]).unwrap_err();
+    assert_eq!((e.reason(), e.field().name), (Reason::Truncated, "header"));
+    assert_eq!(BlockView::<&[u8]>::LEN, 32);
+    assert_eq!(request_block_offset(2), 88);
+}

@@ -420,7 +420,8 @@ fn bulk_offload_query_update_invalidate_terminate_1000_tcp_ipv4_and_ipv6() {
         body: RequestBody::Update(sneaky),
     }
     .encode();
-    bytes[24] = OffloadStateType::TcpConst as u8; // block 0's Type byte
+    view::BlockView::new_unchecked(&mut bytes[view::request_block_offset(0)..])
+        .set_state_type(OffloadStateType::TcpConst as u8);
     let c = rig.call_raw(&bytes);
     let e = error_of(&c);
     assert_eq!(

@@ -382,9 +382,9 @@ fn truncated_records_get_error_completions() {
     offload(&mut rig, 81, 1);
 }
 
-/// Block `i`'s `next` / `dependent` fields in an encoded tree request.
-fn link_offset(block: usize, dependent: bool) -> usize {
-    REQUEST_HEADER_LEN + 8 + block * 32 + if dependent { 8 } else { 4 }
+/// A view of block `i` of an encoded tree request, for patching links.
+fn block(bytes: &mut [u8], i: usize) -> view::BlockView<&mut [u8]> {
+    view::BlockView::new_unchecked(&mut bytes[view::request_block_offset(i)..])
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn trees_with_cycles_dangling_links_or_wrong_layer_order_get_error_completions()
 
     // cycle: TCP block 3's next → TCP block 2
     let mut bad = good.clone();
-    bad[link_offset(3, false)..][..4].copy_from_slice(&2u32.to_le_bytes());
+    block(&mut bad, 3).set_next(2);
     let c = rig.call_raw(&bad);
     let e = error_of(&c);
     assert_eq!(
@@ -412,7 +412,7 @@ fn trees_with_cycles_dangling_links_or_wrong_layer_order_get_error_completions()
 
     // dangling: path's dependent → block 99
     let mut bad = good.clone();
-    bad[link_offset(1, true)..][..4].copy_from_slice(&99u32.to_le_bytes());
+    block(&mut bad, 1).set_dependent(99);
     let e = error_of(&rig.call_raw(&bad)).clone();
     assert_eq!(
         (e.reason, e.block, e.field.as_str()),
@@ -421,7 +421,7 @@ fn trees_with_cycles_dangling_links_or_wrong_layer_order_get_error_completions()
 
     // wrong layer order: neighbor's dependent → a TCP block
     let mut bad = good.clone();
-    bad[link_offset(0, true)..][..4].copy_from_slice(&2u32.to_le_bytes());
+    block(&mut bad, 0).set_dependent(2);
     let e = error_of(&rig.call_raw(&bad)).clone();
     assert_eq!(
         (e.reason, e.block, e.field.as_str()),
@@ -430,7 +430,7 @@ fn trees_with_cycles_dangling_links_or_wrong_layer_order_get_error_completions()
 
     // unreachable block: path's dependent → none, TCPs float
     let mut bad = good.clone();
-    bad[link_offset(1, true)..][..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    block(&mut bad, 1).set_dependent(tree::LINK_NONE);
     assert_eq!(
         error_of(&rig.call_raw(&bad)).reason,
         Reason::UnreachableBlock
