@@ -6,11 +6,13 @@
 #   CHIMNEY ping transmitted=<n> received=<n> uptime=<s>   result of the measured pings
 #   CHIMNEY payload sha256=<hex> bytes=<n> uptime=<s>      hash of the data about to be sent
 #   CHIMNEY sent rc=<nc exit status> uptime=<s>      the TCP transfer ended
+#   CHIMNEY exec rc=<status> uptime=<s>             exec mode: the program's exit status
 #   CHIMNEY error <reason>                           something failed (the run still powers off)
 #   CHIMNEY done                                     last line before power-off
 #
 # Parameters come from the kernel command line (defaults in brackets):
-#   chimney.mode=nic|shell   [nic]  nic: the NIC test below; shell: eth0 up, then a console shell
+#   chimney.mode=nic|shell|exec  [nic]  nic: the NIC test below; shell: eth0 up, then a console
+#                            shell; exec: only uio modules, then run chimney.exec (see below)
 #   chimney.addr=A/LEN       [192.0.2.2/24]  eth0's address
 #   chimney.peer=A           [192.0.2.1]     the Linux peer behind the TAP
 #   chimney.port=P           [5201]          the peer's TCP listener
@@ -54,11 +56,29 @@ port=$(param port 5201)
 bytes=$(param bytes 16777216)
 pings=$(param pings 3)
 
-# Modules in dependency order, written by images/build-image. uio modules stay unloaded here.
+# Modules in dependency order, written by images/build-image. The NIC modes load the virtio
+# stack; exec mode loads only uio + uio_pci_generic, so no kernel driver claims the NIC and a
+# userspace driver can bind it to uio_pci_generic (issue 7).
 while read -r name path; do
-    case "$name" in uio|uio_pci_generic) continue ;; esac
+    case "$mode:$name" in
+        exec:uio|exec:uio_pci_generic) ;;
+        exec:*|*:uio|*:uio_pci_generic) continue ;;
+    esac
     insmod "$path" || fail "insmod $name failed"
 done < /etc/modules.order
+
+if [ "$mode" = exec ]; then
+    # chimney.exec=/path runs a program added with `build-image --extra`; chimney.args=a,b,c
+    # are its arguments (commas become spaces). Its exit status is reported, then power-off.
+    prog=$(param exec "")
+    [ -n "$prog" ] && [ -x "$prog" ] || fail "chimney.exec=$prog is not an executable in the image"
+    args=$(param args "" | tr ',' ' ')
+    ip link set lo up
+    # shellcheck disable=SC2086 # word splitting of the argument list is intended
+    "$prog" $args
+    say "exec rc=$? uptime=$(uptime_s)"
+    finish
+fi
 
 # eth0 appears once virtio_net has probed the PCI function.
 i=0
