@@ -314,7 +314,26 @@ impl ControlChannel {
         self.reclaim_tx(platform)?;
         let mut result = Ok(());
         let mut reposted = false;
-        while let Some(u) = self.rx.pop_used(platform).map_err(rx_err)? {
+        loop {
+            let u = match self.rx.pop_used(platform) {
+                Ok(Some(u)) => u,
+                Ok(None) => break,
+                Err(e @ VirtqueueError::UsedLenTooLarge { token, .. }) => {
+                    // Bad length from the device: the buffer is ours again, repost it.
+                    if let Some(i) = usize::try_from(token)
+                        .ok()
+                        .filter(|i| *i < self.rx_bufs.len())
+                    {
+                        self.post_rx(platform, i)?;
+                        reposted = true;
+                    }
+                    if result.is_ok() {
+                        result = Err(rx_err(e));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(rx_err(e)),
+            };
             let i = usize::try_from(u.token)
                 .ok()
                 .filter(|i| *i < self.rx_bufs.len())

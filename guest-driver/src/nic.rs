@@ -156,11 +156,26 @@ impl NicQueues {
         timeout: Duration,
     ) -> Result<Option<Vec<u8>>, NicError> {
         let q = self.rx.index();
-        let Some(u) = self
-            .rx
-            .wait_used(platform, timeout)
-            .map_err(|source| NicError::Rx { queue: q, source })?
-        else {
+        let used = match self.rx.wait_used(platform, timeout) {
+            Ok(u) => u,
+            Err(source) => {
+                // The chain came back (with a length it cannot have): post the buffer
+                // again so the ring does not shrink, then report.
+                if let VirtqueueError::UsedLenTooLarge { token, .. } = source {
+                    if let Some(i) = usize::try_from(token)
+                        .ok()
+                        .filter(|i| *i < self.rx_bufs.len())
+                    {
+                        self.post_rx(platform, i)?;
+                        self.rx
+                            .kick(platform)
+                            .map_err(|source| NicError::Rx { queue: q, source })?;
+                    }
+                }
+                return Err(NicError::Rx { queue: q, source });
+            }
+        };
+        let Some(u) = used else {
             return Ok(None);
         };
         let i = usize::try_from(u.token)
