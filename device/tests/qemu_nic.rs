@@ -48,6 +48,44 @@ fn qemu_guest_baseline_on_qemu_tap_backend_pings_peer_and_sends_16mib_byte_exact
     run_nic_test(Backend::QemuTap);
 }
 
+/// The console parser finds the guest's lines among firmware escape codes and kernel messages,
+/// and reads every field the assertions use.
+#[test]
+fn console_parser_reads_guest_report_among_firmware_and_kernel_output() {
+    let console = "SeaBIOS (version 1.16.3)\r\n\
+        Probing EDD (edd=off to disable)... o\x1bc\x1b[?7l\x1b[2JCHIMNEY init uptime=3.13\n\
+        [    3.2] virtio_net virtio0 eth0: renamed\n\
+        CHIMNEY link eth0 up uptime=3.69 mac=52:54:00:c4:1a:02\n\
+        CHIMNEY ping transmitted=3 received=2 uptime=5.90\n\
+        CHIMNEY payload sha256=19821739bb5e bytes=16777216 uptime=9.65\n\
+        CHIMNEY sent rc=1 uptime=10.30\n\
+        CHIMNEY error nc failed\n\
+        CHIMNEY done\n";
+    let t0 = Instant::now();
+    let mut report = GuestReport::default();
+    report.update(console, t0);
+    assert_eq!(report.init_uptime.as_deref(), Some("3.13"));
+    assert_eq!(report.init_seen, Some(t0));
+    assert!(report.link_up, "link line not recognised: {report:?}");
+    assert_eq!(report.ping, Some((3, 2)), "ping (transmitted, received)");
+    assert_eq!(
+        report.payload,
+        Some(("19821739bb5e".to_string(), 16_777_216)),
+        "payload (sha256, bytes)"
+    );
+    assert_eq!(report.sent_rc, Some(1));
+    assert_eq!(report.errors, vec!["CHIMNEY error nc failed".to_string()]);
+    assert!(report.done);
+
+    // A later poll keeps the first time init was seen.
+    report.update(console, t0 + Duration::from_secs(1));
+    assert_eq!(report.init_seen, Some(t0));
+    // A half-written line is not taken for a result.
+    let mut partial = GuestReport::default();
+    partial.update("CHIMNEY ping transmitted=3\n", t0);
+    assert_eq!(partial.ping, None);
+}
+
 /// What serves the guest's virtio-net-pci device.
 #[derive(Debug, Clone, Copy)]
 enum Backend {
