@@ -1,6 +1,5 @@
 //! Property tests: encode → decode is the identity for every record, and arbitrary bytes
-//! never panic a decoder. proptest prints the failing seed/case on failure; the run's
-//! seed can be fixed with PROPTEST_RNG_SEED.
+//! never panic a decoder. Each test prints its seed; PROPTEST_RNG_SEED repeats a run.
 
 use chimney_abi::completion::ErrorInfo;
 use chimney_abi::*;
@@ -323,7 +322,27 @@ fn completion() -> impl Strategy<Value = Completion> {
     })
 }
 
+/// Fixed seed per run, printed so a failure can be repeated with PROPTEST_RNG_SEED=<seed>.
+fn config() -> ProptestConfig {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("proptest seed {seed} (repeat with PROPTEST_RNG_SEED={seed})");
+    ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        cases: 1024,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
+    #![proptest_config(config())]
+
     #[test]
     fn request_encode_decode_is_identity(req in request()) {
         let bytes = req.encode();
