@@ -171,3 +171,22 @@ fn bulk_initiate_example_is_664_bytes() {
     .encode();
     assert_eq!(bytes.len(), 664);
 }
+
+#[test]
+fn error_completion_example_matches_the_doc() {
+    let c = Completion::error(
+        7,
+        Opcode::Query as u16,
+        true,
+        3,
+        NdisStatus::INVALID_STATE,
+        Reason::NotNegotiated,
+        Field::new("header.opcode"),
+    );
+    let want = hex("02 00 04 00 38 00 00 00  07 00 00 00 00 00 00 00
+         03 00 01 00 84 01 00 c0  00 00 00 00 00 00 00 00
+         06 00 0d 00 ff ff ff ff
+         68 65 61 64 65 72 2e 6f  70 63 6f 64 65 00 00 00");
+    assert_eq!(c.encode(), want);
+    assert_eq!(Completion::decode(&want), Ok(c));
+}
