@@ -237,6 +237,41 @@ impl ControlChannel {
         self.submit_chain(platform, slot, request_id, readable, writable)
     }
 
+    /// Fault injection: add a chain of `readable` buffers, let `tamper` rewrite DMA memory
+    /// (it gets the descriptor table's bus address and the head index) before the device
+    /// can see the chain, then publish it. Tests use this to send chains a correct driver
+    /// never builds (loops, bad `next` indices); the driver's own bookkeeping stays valid.
+    pub fn submit_tampered<P, F>(
+        &mut self,
+        platform: &P,
+        request_id: u64,
+        readable: &[Buffer],
+        tamper: F,
+    ) -> Result<u16, ControlError>
+    where
+        P: Platform + ?Sized,
+        F: FnOnce(&P, u64, u16) -> Result<(), PlatformError>,
+    {
+        self.reclaim_tx(platform)?;
+        let slot = self.free_slot()?;
+        let tx_head = self
+            .tx
+            .add_unpublished(platform, readable, &[], slot as u64)
+            .map_err(tx_err)?;
+        self.slots[slot].state = SlotState::InFlight {
+            request_id,
+            tx_head,
+            tx_returned: false,
+            completed: false,
+        };
+        let tampered = tamper(platform, self.tx.addresses().desc_table, tx_head);
+        // Publish even if tampering failed: the chain is in the ring either way.
+        self.tx.publish(platform).map_err(tx_err)?;
+        self.tx.kick(platform).map_err(tx_err)?;
+        tampered?;
+        Ok(tx_head)
+    }
+
     fn free_slot(&self) -> Result<usize, ControlError> {
         self.slots
             .iter()

@@ -195,6 +195,20 @@ impl Virtqueue {
         writable: &[Buffer],
         token: u64,
     ) -> Result<u16, VirtqueueError> {
+        let head = self.add_unpublished(platform, readable, writable, token)?;
+        self.publish(platform)?;
+        Ok(head)
+    }
+
+    /// Like [`Self::add`], but the device does not see the chain until [`Self::publish`]:
+    /// for batching, and for fault injection (tests rewrite the descriptors in between).
+    pub fn add_unpublished<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        readable: &[Buffer],
+        writable: &[Buffer],
+        token: u64,
+    ) -> Result<u16, VirtqueueError> {
         let total = readable.len() + writable.len();
         if total == 0 {
             return Err(VirtqueueError::EmptyChain);
@@ -253,10 +267,15 @@ impl Virtqueue {
         let slot = self.avail_idx % self.size;
         platform.write_u16(self.rings.avail_ring + 4 + 2 * u64::from(slot), head)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // The descriptors and the ring entry must be visible before the new idx (§2.7.13).
+        Ok(head)
+    }
+
+    /// Make every chain added so far visible to the device (avail.idx).
+    pub fn publish<P: Platform + ?Sized>(&mut self, platform: &P) -> Result<(), VirtqueueError> {
+        // The descriptors and the ring entries must be visible before the new idx (§2.7.13).
         fence(Ordering::Release);
         platform.write_u16(self.rings.avail_ring + 2, self.avail_idx)?;
-        Ok(head)
+        Ok(())
     }
 
     /// Does the device want a notification for the chains published since the last call?

@@ -423,3 +423,21 @@ fn bad_used_entries_are_errors_and_the_queue_keeps_working() {
         })
     );
 }
+
+#[test]
+fn unpublished_chains_stay_invisible_until_publish_then_arrive_in_order() {
+    let p = TestPlatform::new();
+    let mut vq = Virtqueue::new(&p, 0, 8, false).expect("queue");
+    let mut dq = device_queue(&p, &vq, false);
+    let b = buffer(&p, 16);
+    let h1 = vq.add_unpublished(&p, &[b], &[], 1).unwrap();
+    let h2 = vq.add_unpublished(&p, &[b], &[], 2).unwrap();
+    assert!(
+        device_pop(&p, &mut dq).is_none(),
+        "device saw a chain before publish"
+    );
+    vq.publish(&p).unwrap();
+    assert_eq!(device_pop(&p, &mut dq).map(|c| c.0), Some(h1));
+    assert_eq!(device_pop(&p, &mut dq).map(|c| c.0), Some(h2));
+    assert!(vq.kick(&p).unwrap(), "one kick for the batch");
+}

@@ -697,7 +697,7 @@ pub fn run_bad_input(
     mut record: impl FnMut(&'static str, Step<String>),
 ) -> bool {
     type Case = fn(&mut ControlSession, &OffloadSet) -> Step<String>;
-    let cases: [(&'static str, Case); 9] = [
+    let cases: [(&'static str, Case); 11] = [
         (
             "bad: descriptor outside RAM",
             bad_input::descriptor_outside_memory,
@@ -713,6 +713,8 @@ pub fn run_bad_input(
             bad_input::handle_of_wrong_layer,
         ),
         ("bad: terminated handle", bad_input::terminated_handle),
+        ("bad: descriptor loop", bad_input::descriptor_loop),
+        ("bad: chain too long", bad_input::chain_too_long),
     ];
     let mut ok = true;
     for (name, case) in cases {
@@ -1124,6 +1126,66 @@ pub mod bad_input {
             "{:?} (block {:?}), {:?} (block {:?})",
             e1.reason, e1.block, e2.reason, e2.block
         ))
+    }
+
+    /// A chain whose second descriptor points back at the first (a loop): the device's
+    /// chain walk must stop and refuse it.
+    pub fn descriptor_loop(s: &mut ControlSession, set: &OffloadSet) -> Step<String> {
+        let id = s.channel.allocate_request_id();
+        let mut bytes = negotiate_bytes();
+        bytes[8..16].copy_from_slice(&id.to_le_bytes());
+        let p = s.platform_arc();
+        let req = p
+            .alloc_with(&bytes, bytes.len())
+            .map_err(|e| e.to_string())?;
+        let parts = [
+            Buffer {
+                addr: req.addr,
+                len: 8,
+            },
+            Buffer {
+                addr: req.addr + 8,
+                len: bytes.len() as u32 - 8,
+            },
+        ];
+        s.channel
+            .submit_tampered(&*p, id, &parts, |p, desc_table, head| {
+                use chimney_miniport::Platform;
+                // Descriptor layout: addr u64, len u32, flags u16, next u16.
+                let head_next = p.read_u16(desc_table + 16 * u64::from(head) + 14)?;
+                let second = desc_table + 16 * u64::from(head_next);
+                p.write_u16(second + 12, 1)?; // VIRTQ_DESC_F_NEXT
+                p.write_u16(second + 14, head)
+            })
+            .map_err(|e| e.to_string())?;
+        let c = s.wait(id).map_err(|e| e.to_string())?;
+        let e = expect_error("descriptor loop", &c, Reason::MalformedChain)?;
+        follow_up(s, set, "descriptor loop")?;
+        Ok(format!("{:?} ({})", e.reason, e.field))
+    }
+
+    /// A chain longer than the device's `max_request_length` (the same buffer 65 times).
+    pub fn chain_too_long(s: &mut ControlSession, set: &OffloadSet) -> Step<String> {
+        let id = s.channel.allocate_request_id();
+        let p = s.platform_arc();
+        let chunk = 64 << 10;
+        let mut first = negotiate_bytes();
+        first[8..16].copy_from_slice(&id.to_le_bytes());
+        let buf = p.alloc_with(&first, chunk).map_err(|e| e.to_string())?;
+        let parts = vec![
+            Buffer {
+                addr: buf.addr,
+                len: chunk as u32,
+            };
+            65
+        ];
+        s.channel
+            .submit_raw(&*p, id, &parts, &[])
+            .map_err(|e| e.to_string())?;
+        let c = s.wait(id).map_err(|e| e.to_string())?;
+        let e = expect_error("65 x 64 KiB chain", &c, Reason::ChainTooLong)?;
+        follow_up(s, set, "chain too long")?;
+        Ok(format!("{:?} ({})", e.reason, e.field))
     }
 
     /// A neighbor's handle in a block whose Type says TCP.

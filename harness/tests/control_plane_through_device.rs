@@ -172,3 +172,11 @@ bad_input_test!(
     terminated_handle_gets_stale_handle_error_and_device_keeps_serving,
     bad_input::terminated_handle
 );
+bad_input_test!(
+    descriptor_loop_gets_malformed_chain_error_and_device_keeps_serving,
+    bad_input::descriptor_loop
+);
+bad_input_test!(
+    chain_longer_than_max_request_gets_error_completion,
+    bad_input::chain_too_long
+);
