@@ -214,6 +214,14 @@ impl ControlPlane {
                 Err(e) => return op_err(e),
             },
         };
+        debug!(
+            request_id = completion.request_id,
+            opcode = completion.opcode,
+            tx_head,
+            status = %completion.status,
+            events = events.len(),
+            "request completed"
+        );
         let mut out = vec![RxRecord::Completion(completion)];
         out.extend(
             events
