@@ -542,6 +542,11 @@ impl Engine {
     // ---- Bookkeeping after any change to a connection ---------------------------------
 
     fn touch(&mut self, idx: u32) {
+        self.touch_with(idx, true);
+    }
+
+    /// `may_queue` = false after the connection just said it has nothing to send.
+    fn touch_with(&mut self, idx: u32, may_queue: bool) {
         let s = &mut self.slots[idx as usize];
         let Some(t) = s.tcb.as_mut() else { return };
         let h = ConnHandle { idx, gen: s.gen };
@@ -576,7 +581,7 @@ impl Engine {
             self.table.remove(&s.tuple);
             s.removed_from_table = true;
         }
-        if t.wants_output() && !s.in_ready {
+        if may_queue && t.wants_output() && !s.in_ready {
             s.in_ready = true;
             self.ready.push_back(idx);
         }
@@ -857,7 +862,7 @@ impl Engine {
                 None => {
                     self.ready.pop_front();
                     self.slots[idx as usize].in_ready = false;
-                    self.touch(idx);
+                    self.touch_with(idx, false);
                     let s = &self.slots[idx as usize];
                     if let Some(t) = s.tcb.as_ref() {
                         if t.state == TcpConnectionState::Closed && !s.in_ready {

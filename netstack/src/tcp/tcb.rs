@@ -410,6 +410,10 @@ impl Tcb {
     /// Graceful close: a FIN follows the queued data.
     pub fn close(&mut self) {
         match self.state {
+            State::SynSent if !self.send.is_empty() => {
+                // RFC 9293 §3.10.4: queue the close until the connection is established.
+                self.fin_seq = Some(self.send_base.wrapping_add(self.send.len() as u32));
+            }
             State::SynSent | State::Listen => {
                 self.state = State::Closed;
                 self.events |= ev::CLOSED;
@@ -659,7 +663,11 @@ impl Tcb {
         if let Some(ack) = seg.ack {
             self.snd_wl2 = ack;
             self.on_new_ack(now, seg, ack);
-            self.state = State::Established;
+            self.state = if self.fin_seq.is_some() {
+                State::FinWait1
+            } else {
+                State::Established
+            };
             self.events |= ev::CONNECTED;
             self.restart_keepalive(now);
         } else {

@@ -1,0 +1,413 @@
+//! Test support: our engine on the userspace side of a TAP, the Linux kernel's TCP on the other
+//! side inside a namespace the test creates (chimney-wire's standard topology), the seeded
+//! impairment layer in both directions, and a pcap of what crossed the TAP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chimney_netstack::impair::{ImpairConfig, Impairment};
+use chimney_netstack::{ConnHandle, Engine, EngineConfig, Event, Instant};
+use chimney_wire::{
+    PcapWriter, Topology, TopologyConfig, VnetHeader, GUEST_IPV4, GUEST_IPV6, PEER_IPV4,
+    PEER_IPV6,
+};
+use sha2::{Digest, Sha256};
+
+pub const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+/// Seed for a test: `NETSTACK_SEED` (decimal or 0x-hex) if set, else `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    match std::env::var("NETSTACK_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => s.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("NETSTACK_SEED={s:?} is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+pub fn peer_ip(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(PEER_IPV6)
+    } else {
+        IpAddr::V4(PEER_IPV4)
+    }
+}
+
+pub fn our_ip(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(GUEST_IPV6)
+    } else {
+        IpAddr::V4(GUEST_IPV4)
+    }
+}
+
+/// Engine config for tests: fast minimum RTO (the kernel side gets `rto_min` too), short
+/// TIME_WAIT.
+pub fn test_engine_config(seed: u64) -> EngineConfig {
+    let mut c = EngineConfig::new(OUR_MAC, Some(GUEST_IPV4), Some(GUEST_IPV6));
+    c.seed = seed;
+    c.tcp.min_rto = Duration::from_millis(20);
+    c.tcp.initial_rto = Duration::from_millis(300);
+    c.tcp.time_wait = Duration::from_millis(500);
+    c.tcp.send_buffer = 4 << 20;
+    c.tcp.recv_buffer = 4 << 20;
+    c
+}
+
+/// Deterministic payload: byte `i` of stream `seed`.
+pub fn fill(seed: u64, offset: u64, out: &mut [u8]) {
+    for (k, b) in out.iter_mut().enumerate() {
+        let i = offset + k as u64;
+        let x = (i / 8) ^ seed.rotate_left(13);
+        let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        *b = (x >> ((i % 8) * 8)) as u8 ^ (x >> 59) as u8;
+    }
+}
+
+pub fn expected_sha(seed: u64, len: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut off = 0;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        fill(seed, off, &mut buf[..n]);
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    h.finalize().into()
+}
+
+pub fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Rig {
+    pub topo: Topology,
+    pub engine: Engine,
+    /// Engine → kernel.
+    pub up: Impairment,
+    /// Kernel → engine.
+    pub down: Impairment,
+    pub pcap: Option<PcapWriter>,
+    pub pcap_path: Option<PathBuf>,
+    start: std::time::Instant,
+    rx: Vec<u8>,
+    pub frames_to_kernel: u64,
+    pub frames_from_kernel: u64,
+    pub events: Vec<Event>,
+}
+
+impl Rig {
+    /// A fresh namespace + TAP, our engine, impairment seeded from `seed`.
+    pub fn new(name: &str, seed: u64, imp: ImpairConfig, cfg: EngineConfig) -> Rig {
+        let topo = Topology::new(&TopologyConfig {
+            ns_prefix: format!("ns-{}", &name[..name.len().min(6)]),
+            tap_name: "tap0".into(),
+            mtu: 1500,
+            offload: Default::default(),
+        })
+        .expect("create namespace + TAP (needs root)");
+        // Let the kernel peer retransmit as fast as we do under heavy loss.
+        for (fam, r, metric) in [("-4", "192.0.2.0/24", "0"), ("-6", "2001:db8::/64", "256")] {
+            topo.ns
+                .ip(&[
+                    fam, "route", "replace", r, "dev", "tap0", "proto", "kernel", "metric", metric,
+                    "rto_min", "20ms",
+                ])
+                .expect("set rto_min on the peer's route");
+        }
+        let start = std::time::Instant::now();
+        let now = Instant::ZERO;
+        let engine = Engine::new(cfg, now).expect("engine config");
+        Rig {
+            topo,
+            engine,
+            up: Impairment::new(imp, seed ^ 0x0075_7000),
+            down: Impairment::new(imp, seed ^ 0x00d0_0000),
+            pcap: None,
+            pcap_path: None,
+            start,
+            rx: vec![0u8; 70_000],
+            frames_to_kernel: 0,
+            frames_from_kernel: 0,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn with_pcap(mut self, name: &str) -> Self {
+        let dir = std::env::var("NETSTACK_PCAP_DIR").unwrap_or_else(|_| {
+            std::env::temp_dir().to_string_lossy().into_owned()
+        });
+        let path = PathBuf::from(dir).join(format!("{name}-{}.pcap", std::process::id()));
+        self.pcap = Some(PcapWriter::create(&path).expect("create pcap"));
+        self.pcap_path = Some(path);
+        self
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// Move frames and time for at most `max_wait`.
+    pub fn pump(&mut self, max_wait: Duration) {
+        let now = self.now();
+        // Kernel → impairment.
+        let mut got = false;
+        while let Ok(Some(n)) = self.topo.tap.read_raw(&mut self.rx) {
+            got = true;
+            let frame = &self.rx[12..n];
+            if let Some(p) = &self.pcap {
+                let _ = p.record(frame);
+            }
+            self.frames_from_kernel += 1;
+            self.down.push(now, frame);
+        }
+        let _ = got;
+        // Impairment → engine.
+        while let Some(f) = self.down.pop(now) {
+            let _ = self.engine.handle_frame(now, &f);
+            self.down.recycle(f);
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+        }
+        while let Some(ev) = self.engine.poll_event() {
+            self.events.push(ev);
+        }
+        self.flush_engine(now);
+        self.wait(max_wait);
+    }
+
+    fn flush_engine(&mut self, now: Instant) {
+        let mut n = 0u32;
+        while let Some(tx) = self.engine.poll_transmit(now) {
+            self.up.push(now, tx.frame);
+            n += 1;
+            assert!(n < 100_000, "engine produced 100000 frames in one poll: {:?}", self.engine.stats());
+        }
+        while let Some(f) = self.up.pop(now) {
+            if let Some(p) = &self.pcap {
+                let _ = p.record(&f);
+            }
+            let hdr = VnetHeader::default();
+            // A full kernel queue drops the frame: that is loss, which TCP handles.
+            let _ = self.topo.tap.write_frame(&hdr, &f);
+            self.frames_to_kernel += 1;
+            self.up.recycle(f);
+        }
+    }
+
+    fn wait(&mut self, max_wait: Duration) {
+        let now = self.now();
+        let mut deadline = now + max_wait;
+        for t in [
+            self.engine.poll_timeout(),
+            self.up.next_release(),
+            self.down.next_release(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            deadline = deadline.min(t);
+        }
+        let us = deadline.micros().saturating_sub(now.micros());
+        if us == 0 {
+            return;
+        }
+        if let Ok(Some(n)) = self
+            .topo
+            .tap
+            .read_raw_timeout(&mut self.rx, Duration::from_micros(us))
+        {
+            let now = self.now();
+            let frame = &self.rx[12..n];
+            if let Some(p) = &self.pcap {
+                let _ = p.record(frame);
+            }
+            self.frames_from_kernel += 1;
+            self.down.push(now, frame);
+        }
+    }
+
+    /// Pump until `done` returns true or `limit` passes (then panic with `what`).
+    pub fn run_until(&mut self, limit: Duration, what: &str, mut done: impl FnMut(&mut Rig) -> bool) {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if done(self) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{what}: not done after {limit:?} (engine stats {:?}, up {:?}, down {:?}, events {:?})",
+                self.engine.stats(),
+                self.up.stats(),
+                self.down.stats(),
+                &self.events[self.events.len().saturating_sub(10)..]
+            );
+            self.pump(Duration::from_millis(5));
+        }
+    }
+
+    pub fn saw(&self, want: impl Fn(&Event) -> bool) -> bool {
+        self.events.iter().any(want)
+    }
+}
+
+/// A kernel-side peer thread: accept one connection on `port` (or connect to us), then run
+/// `f` on the stream.
+pub fn kernel_accept<R: Send + 'static>(
+    rig: &Rig,
+    v6: bool,
+    port: u16,
+    f: impl FnOnce(TcpStream) -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = rig
+        .topo
+        .ns
+        .spawn("peer", move || {
+            let l = TcpListener::bind(SocketAddr::new(peer_ip(v6), port)).expect("peer bind");
+            tx.send(()).ok();
+            let (s, _) = l.accept().expect("peer accept");
+            f(s)
+        })
+        .expect("spawn peer thread in namespace");
+    rx.recv().expect("peer listening");
+    h
+}
+
+pub fn kernel_connect<R: Send + 'static>(
+    rig: &Rig,
+    v6: bool,
+    port: u16,
+    f: impl FnOnce(TcpStream) -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    rig.topo
+        .ns
+        .spawn("peer", move || {
+            let s = TcpStream::connect_timeout(
+                &SocketAddr::new(our_ip(v6), port),
+                Duration::from_secs(20),
+            )
+            .expect("peer connect to our engine");
+            f(s)
+        })
+        .expect("spawn peer thread in namespace")
+}
+
+/// Kernel side: read to EOF, return (bytes, sha256).
+pub fn kernel_sink(mut s: TcpStream) -> (u64, [u8; 32]) {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) => panic!("kernel peer read failed after {n} bytes: {e}"),
+        }
+    }
+    (n, h.finalize().into())
+}
+
+/// Kernel side: write `len` bytes of stream `seed`, then close.
+pub fn kernel_source(mut s: TcpStream, seed: u64, len: u64) -> u64 {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        fill(seed, off, &mut buf[..n]);
+        if let Err(e) = s.write_all(&buf[..n]) {
+            panic!("kernel peer write failed at {off}: {e}");
+        }
+        off += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).ok();
+    off
+}
+
+/// Engine side sender state.
+pub struct Sender {
+    pub conn: ConnHandle,
+    pub seed: u64,
+    pub len: u64,
+    pub off: u64,
+    buf: Vec<u8>,
+    pub closed: bool,
+}
+
+impl Sender {
+    pub fn new(conn: ConnHandle, seed: u64, len: u64) -> Self {
+        Sender {
+            conn,
+            seed,
+            len,
+            off: 0,
+            buf: vec![0u8; 1 << 16],
+            closed: false,
+        }
+    }
+
+    /// Push as much as the engine takes; close after the last byte.
+    pub fn feed(&mut self, e: &mut Engine) {
+        while self.off < self.len {
+            let cap = e.send_capacity(self.conn).unwrap_or(0);
+            if cap == 0 {
+                break;
+            }
+            let n = ((self.len - self.off) as usize).min(self.buf.len()).min(cap);
+            fill(self.seed, self.off, &mut self.buf[..n]);
+            let k = e.send(self.conn, &self.buf[..n]).expect("send");
+            self.off += k as u64;
+            if k < n {
+                break;
+            }
+        }
+        if self.off == self.len && !self.closed {
+            e.close(self.conn).expect("close");
+            self.closed = true;
+        }
+    }
+}
+
+/// Engine side receiver: hashes everything read.
+pub struct Receiver {
+    pub conn: ConnHandle,
+    pub n: u64,
+    h: Sha256,
+    buf: Vec<u8>,
+}
+
+impl Receiver {
+    pub fn new(conn: ConnHandle) -> Self {
+        Receiver {
+            conn,
+            n: 0,
+            h: Sha256::new(),
+            buf: vec![0u8; 1 << 16],
+        }
+    }
+    pub fn drain(&mut self, e: &mut Engine) {
+        while let Ok(k) = e.recv(self.conn, &mut self.buf) {
+            if k == 0 {
+                break;
+            }
+            self.h.update(&self.buf[..k]);
+            self.n += k as u64;
+        }
+    }
+    pub fn sha(&self) -> [u8; 32] {
+        self.h.clone().finalize().into()
+    }
+}
