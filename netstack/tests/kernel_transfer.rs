@@ -146,3 +146,59 @@ fn limit_secs() -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600)
 }
+
+/// All four connections of one cell: IPv4/IPv6 × active/passive, each `bytes()` both ways.
+fn run_cell(cell: Cell, base_seed: u64) {
+    let only = std::env::var("NETSTACK_CELL").ok();
+    let seed = seed_from_env(base_seed);
+    for (i, (v6, active)) in [(false, true), (false, false), (true, true), (true, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!(
+            "{}-{}-{}",
+            cell.name(),
+            if v6 { "v6" } else { "v4" },
+            if active { "active" } else { "passive" }
+        );
+        if only.as_deref().is_some_and(|o| o != name && o != cell.name()) {
+            continue;
+        }
+        // Each connection's seed is printed; NETSTACK_SEED + NETSTACK_CELL re-runs exactly it.
+        let s = if only.as_deref() == Some(name.as_str()) {
+            seed
+        } else {
+            seed.wrapping_add(i as u64)
+        };
+        transfer(cell, v6, active, s, bytes());
+    }
+}
+
+macro_rules! cells {
+    ($($name:ident: $loss:expr, $reorder:expr, $dup:expr, $corrupt:expr, $seed:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            run_cell(Cell { loss: $loss, reorder: $reorder, dup: $dup, corrupt: $corrupt }, $seed);
+        }
+    )*};
+}
+
+cells! {
+    matrix_loss0_plain: 0, false, false, false, 0x1000;
+    matrix_loss0_reorder: 0, true, false, false, 0x1010;
+    matrix_loss0_dup: 0, false, true, false, 0x1020;
+    matrix_loss0_reorder_dup: 0, true, true, false, 0x1030;
+    matrix_loss1_plain: 1, false, false, false, 0x1100;
+    matrix_loss1_reorder: 1, true, false, false, 0x1110;
+    matrix_loss1_dup: 1, false, true, false, 0x1120;
+    matrix_loss1_reorder_dup: 1, true, true, false, 0x1130;
+    matrix_loss5_plain: 5, false, false, false, 0x1500;
+    matrix_loss5_reorder: 5, true, false, false, 0x1510;
+    matrix_loss5_dup: 5, false, true, false, 0x1520;
+    matrix_loss5_reorder_dup: 5, true, true, false, 0x1530;
+    matrix_loss20_plain: 20, false, false, false, 0x2000;
+    matrix_loss20_reorder: 20, true, false, false, 0x2010;
+    matrix_loss20_dup: 20, false, true, false, 0x2020;
+    matrix_loss20_reorder_dup: 20, true, true, false, 0x2030;
+    corruption_1pct: 0, false, false, true, 0x3000;
+}
