@@ -36,7 +36,7 @@ param() { # name default
 }
 
 finish() {
-    say done
+    say "done"
     sync
     poweroff -f
     sleep 5
@@ -71,7 +71,7 @@ if [ "$mode" = exec ]; then
     # chimney.exec=/path runs a program added with `build-image --extra`; chimney.args=a,b,c
     # are its arguments (commas become spaces). Its exit status is reported, then power-off.
     prog=$(param exec "")
-    [ -n "$prog" ] && [ -x "$prog" ] || fail "chimney.exec=$prog is not an executable in the image"
+    if [ -z "$prog" ] || [ ! -x "$prog" ]; then fail "chimney.exec=$prog is not an executable in the image"; fi
     args=$(param args "" | tr ',' ' ')
     ip link set lo up
     # shellcheck disable=SC2086 # word splitting of the argument list is intended
