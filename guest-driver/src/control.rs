@@ -532,6 +532,29 @@ impl ControlChannel {
         }
     }
 
+    /// Completions that arrived and were not taken yet, plus queued events.
+    pub fn has_queued(&self) -> bool {
+        !self.completions.is_empty() || !self.events.is_empty()
+    }
+
+    /// Wait until the device returns something on control rx (or `timeout` passes with
+    /// nothing): process it with `poll`. Returns whether anything is queued afterwards.
+    pub fn wait_activity<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        timeout: Duration,
+    ) -> Result<bool, ControlError> {
+        self.poll(platform)?;
+        if self.has_queued() {
+            return Ok(true);
+        }
+        if !self.rx.enable_callbacks(platform).map_err(rx_err)? {
+            platform.wait(CONTROL_RX, timeout)?;
+        }
+        self.poll(platform)?;
+        Ok(self.has_queued())
+    }
+
     /// Submit `body` and wait for its completion.
     pub fn call<P: Platform + ?Sized>(
         &mut self,

@@ -5,10 +5,14 @@
 //! - [`platform`]: the operations table the core reaches the system through;
 //! - [`virtqueue`]: the driver side of a split virtqueue;
 //! - [`nic`]: queue pair 0, Ethernet frames with the virtio-net header;
-//! - [`control`]: the request/completion layer of the control ring (queue pair 1).
+//! - [`control`]: the request/completion layer of the control ring (queue pair 1);
+//! - [`ndis`]: NDIS's shapes (block lists, NBL chains, handler tables, the NDIS services);
+//! - [`miniport`]: the chimney miniport on top of all of it.
 extern crate alloc;
 
 pub mod control;
+pub mod miniport;
+pub mod ndis;
 pub mod nic;
 pub mod platform;
 pub mod virtqueue;
@@ -17,3 +21,4 @@ pub use control::{ControlChannel, ControlConfig, ControlError};
 pub use nic::{NicError, NicQueues, VNET_HDR_LEN};
 pub use platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
 pub use virtqueue::{Buffer, RingAddresses, UsedBuffer, Virtqueue, VirtqueueError};
+pub use miniport::{ChimneyMiniport, MiniportConfig, MiniportError};

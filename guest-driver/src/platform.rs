@@ -71,3 +71,28 @@ pub trait Platform {
     /// `timeout` passes. Spurious wake-ups are allowed: callers re-check the used ring.
     fn wait(&self, queue: u16, timeout: Duration) -> Result<WaitOutcome, PlatformError>;
 }
+
+/// A shared platform is a platform (bindings hand the miniport an `Arc` of theirs).
+impl<T: Platform + ?Sized> Platform for alloc::sync::Arc<T> {
+    fn alloc_dma(&self, len: usize, align: usize) -> Result<DmaRegion, PlatformError> {
+        (**self).alloc_dma(len, align)
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        (**self).read(addr, buf)
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        (**self).write(addr, data)
+    }
+    fn read_u16(&self, addr: u64) -> Result<u16, PlatformError> {
+        (**self).read_u16(addr)
+    }
+    fn write_u16(&self, addr: u64, value: u16) -> Result<(), PlatformError> {
+        (**self).write_u16(addr, value)
+    }
+    fn notify(&self, queue: u16) -> Result<(), PlatformError> {
+        (**self).notify(queue)
+    }
+    fn wait(&self, queue: u16, timeout: Duration) -> Result<WaitOutcome, PlatformError> {
+        (**self).wait(queue, timeout)
+    }
+}

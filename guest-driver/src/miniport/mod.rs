@@ -1,0 +1,870 @@
+//! The chimney miniport (digest §3, §4, §5): lifecycle, the handler tables it registers,
+//! the five state-manipulation handlers turned into control-ring requests, completions and
+//! events turned into the host's callbacks, OIDs, and the TCP data handlers.
+//!
+//! Shape (STYLE.md "protocol logic without I/O" as far as a driver can): handlers only
+//! record their argument and return (C-033); [`ChimneyMiniport::service`] — the DPC — does
+//! the ring work and calls NDIS back. The host never sees a completion from inside a
+//! handler call: every completion is asynchronous.
+
+mod contexts;
+mod translate;
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use chimney_abi::event::{offload_event, tcp_event};
+use chimney_abi::{
+    Completion, CompletionBody, EventClass, NdisStatus, Negotiate, NegotiateResult,
+    OffloadParameters, OffloadStateType, QueriedState, Request, RequestBody,
+    TcpConnectionOffload, ABI_MIN_VERSION, ABI_VERSION,
+};
+
+pub use contexts::ObjState;
+use contexts::Contexts;
+pub use translate::{OpKind, Refusal};
+
+use crate::control::{ControlChannel, ControlConfig, ControlError};
+use crate::ndis::blocklist::{BlockList, BlockListRef, BlockTree};
+use crate::ndis::chars::{
+    MiniportAdapterOffloadAttributes, NdisMiniportServices, OidRequest, OidResult,
+    ProviderChimneyOffloadGenericCharacteristics, ProviderChimneyOffloadTcpCharacteristics,
+    StatusIndication, TcpOffloadEventHandlers,
+};
+use crate::ndis::nbl::NetBufferList;
+use crate::ndis::{chimney_type, object_type, oid, NdisObjectHeader, NDIS_OBJECT_TCP_OFFLOAD_REVISION_1};
+use crate::platform::Platform;
+use crate::virtqueue::Virtqueue;
+
+/// NDIS status codes the OID path needs beyond the chimney list (ndis.h values).
+pub mod status {
+    use chimney_abi::NdisStatus;
+    pub const INVALID_LENGTH: NdisStatus = NdisStatus(0xC001_0014);
+    pub const INVALID_DATA: NdisStatus = NdisStatus(0xC001_0015);
+    pub const BUFFER_TOO_SHORT: NdisStatus = NdisStatus(0xC001_0016);
+    pub const INVALID_OID: NdisStatus = NdisStatus(0xC001_0017);
+}
+
+/// `sizeof(TCP_OFFLOAD_STATS)` and `sizeof(IP_OFFLOAD_STATS)` (digest §3.11, x64).
+pub const TCP_OFFLOAD_STATS_LEN: usize = 0x28;
+pub const IP_OFFLOAD_STATS_LEN: usize = 0x40;
+/// `sizeof(NDIS_TCP_OFFLOAD_EVENT_HANDLERS)` on x64: header + six pointers.
+pub const SIZEOF_TCP_OFFLOAD_EVENT_HANDLERS: u16 = 8 + 6 * 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MiniportError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("NEGOTIATE refused: {0}")]
+    Negotiate(NdisStatus),
+    #[error("NEGOTIATE completion had no negotiate body")]
+    NegotiateBody,
+    #[error("NdisMGetOffloadHandlers failed: {0}")]
+    GetOffloadHandlers(NdisStatus),
+    #[error("NDIS_TCP_OFFLOAD_EVENT_HANDLERS header {field} is {seen}, expected {expected} (C-004)")]
+    EventHandlersHeader {
+        field: &'static str,
+        seen: u32,
+        expected: u32,
+    },
+    #[error("NdisMSetMiniportAttributes failed: {0}")]
+    SetAttributes(NdisStatus),
+    #[error("the adapter is halted")]
+    Halted,
+}
+
+/// Initialization knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct MiniportConfig {
+    pub control: ControlConfig,
+    /// Bound on one synchronous wait (initialize, OID set).
+    pub timeout: Duration,
+}
+
+impl Default for MiniportConfig {
+    fn default() -> Self {
+        Self {
+            control: ControlConfig::default(),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `MiniportPause` / `MiniportRestart` state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+/// Counters of things the host did that the spec forbids (they got the status named in
+/// the docs; the counters let tests see that the miniport noticed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostViolations {
+    /// I/O or state operations naming a context this miniport never gave out / freed.
+    pub unknown_context: u32,
+    /// Terminate of an object already being terminated.
+    pub double_terminate: u32,
+    /// Receive-return of NBLs the miniport never indicated.
+    pub unexpected_return: u32,
+}
+
+/// Offload statistics families (C-018, C-019): only offloaded traffic counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadStats {
+    pub tcp4: [u64; 5],
+    pub tcp6: [u64; 5],
+    pub ip4: [u64; 10],
+    pub ip6: [u64; 10],
+}
+
+#[derive(Debug)]
+struct Recorded {
+    kind: OpKind,
+    root: BlockListRef,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: OpKind,
+    root: BlockListRef,
+    request_id: u64,
+    plan: translate::Plan,
+}
+
+/// A TCP I/O completion waiting for the DPC.
+#[derive(Debug)]
+enum IoDone {
+    Send(Vec<NetBufferList>),
+    Receive(Vec<NetBufferList>),
+    Disconnect(NetBufferList),
+    Forward(Vec<NetBufferList>),
+}
+
+/// The adapter (`MiniportAdapterContext`).
+pub struct ChimneyMiniport<P: Platform, H> {
+    platform: P,
+    control: ControlChannel,
+    negotiated: NegotiateResult,
+    attributes: MiniportAdapterOffloadAttributes,
+    handlers: TcpOffloadEventHandlers<H>,
+    parameters: Option<OffloadParameters>,
+    contexts: Contexts,
+    recorded: VecDeque<Recorded>,
+    pending: Vec<Pending>,
+    io_done: VecDeque<IoDone>,
+    run_state: RunState,
+    violations: HostViolations,
+    stats: OffloadStats,
+    timeout: Duration,
+}
+
+impl<P: Platform, H> core::fmt::Debug for ChimneyMiniport<P, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ChimneyMiniport")
+            .field("offloaded", &self.contexts.live_count())
+            .field("recorded", &self.recorded.len())
+            .field("pending", &self.pending.len())
+            .field("run_state", &self.run_state)
+            .finish()
+    }
+}
+
+impl<P, H> ChimneyMiniport<P, H>
+where
+    P: Platform,
+    H: NdisMiniportServices<ChimneyMiniport<P, H>>,
+{
+    /// `MiniportSetOptions`: register the generic (C-001) and TCP (C-002) chimney tables
+    /// with `NdisSetOptionalHandlers`. Returns the first failure, else SUCCESS.
+    pub fn set_options(ndis: &mut H) -> NdisStatus {
+        let generic = ProviderChimneyOffloadGenericCharacteristics::<Self> {
+            header: NdisObjectHeader {
+                object_type: object_type::PROVIDER_CHIMNEY_OFFLOAD_GENERIC_CHARACTERISTICS,
+                revision: 1,
+                size: 8 + 8 + 5 * 8,
+            },
+            flags: 0,
+            initiate_offload_handler: Self::initiate_offload,
+            terminate_offload_handler: Self::terminate_offload,
+            update_offload_handler: Self::update_offload,
+            invalidate_offload_handler: Self::invalidate_offload,
+            query_offload_handler: Self::query_offload,
+        };
+        let s = ndis.set_optional_handlers_generic(generic);
+        if s != NdisStatus::SUCCESS {
+            return s;
+        }
+        let tcp = ProviderChimneyOffloadTcpCharacteristics::<Self> {
+            header: NdisObjectHeader {
+                object_type: object_type::PROVIDER_CHIMNEY_OFFLOAD_CHARACTERISTICS,
+                revision: 1,
+                size: 8 + 8 + 5 * 8,
+            },
+            flags: 0,
+            offload_type: chimney_type::TCP,
+            tcp_offload_send_handler: Self::tcp_offload_send,
+            tcp_offload_receive_handler: Self::tcp_offload_receive,
+            tcp_offload_disconnect_handler: Self::tcp_offload_disconnect,
+            tcp_offload_forward_handler: Self::tcp_offload_forward,
+            tcp_offload_receive_return_handler: Self::tcp_offload_receive_return,
+        };
+        ndis.set_optional_handlers_tcp(tcp)
+    }
+
+    /// `MiniportInitializeEx`: take over the control queues, read version and capabilities
+    /// in-band (NEGOTIATE), get the host's chimney entry points (C-003, C-004) and report
+    /// the connection offload attributes (C-005..C-010).
+    pub fn initialize(
+        ndis: &mut H,
+        platform: P,
+        control_rx: Virtqueue,
+        control_tx: Virtqueue,
+        cfg: MiniportConfig,
+    ) -> Result<Self, MiniportError> {
+        let mut control = ControlChannel::new(&platform, control_rx, control_tx, cfg.control)?;
+        let c = control.call(
+            &platform,
+            RequestBody::Negotiate(Negotiate {
+                min_version: ABI_MIN_VERSION,
+                max_version: ABI_VERSION,
+            }),
+            cfg.timeout,
+        )?;
+        if c.status != NdisStatus::SUCCESS {
+            return Err(MiniportError::Negotiate(c.status));
+        }
+        let CompletionBody::Negotiate(negotiated) = c.body else {
+            return Err(MiniportError::NegotiateBody);
+        };
+        // C-003: once per supported chimney type, only TCP; proceed only on SUCCESS.
+        let handlers = ndis
+            .get_offload_handlers(chimney_type::TCP)
+            .map_err(MiniportError::GetOffloadHandlers)?;
+        // C-004: check Type, Revision, Size before using the table.
+        let h = handlers.header;
+        for (field, seen, expected) in [
+            ("Type", u32::from(h.object_type), chimney_type::TCP),
+            (
+                "Revision",
+                u32::from(h.revision),
+                u32::from(NDIS_OBJECT_TCP_OFFLOAD_REVISION_1),
+            ),
+        ] {
+            if seen != expected {
+                return Err(MiniportError::EventHandlersHeader {
+                    field,
+                    seen,
+                    expected,
+                });
+            }
+        }
+        if h.size < SIZEOF_TCP_OFFLOAD_EVENT_HANDLERS {
+            return Err(MiniportError::EventHandlersHeader {
+                field: "Size",
+                seen: u32::from(h.size),
+                expected: u32::from(SIZEOF_TCP_OFFLOAD_EVENT_HANDLERS),
+            });
+        }
+        let attributes = Self::attributes_from(&negotiated);
+        let s = ndis.set_miniport_attributes(&attributes);
+        if s != NdisStatus::SUCCESS {
+            return Err(MiniportError::SetAttributes(s));
+        }
+        Ok(ChimneyMiniport {
+            platform,
+            control,
+            negotiated,
+            attributes,
+            handlers,
+            parameters: None,
+            contexts: Contexts::default(),
+            recorded: VecDeque::new(),
+            pending: Vec::new(),
+            io_done: VecDeque::new(),
+            run_state: RunState::Running,
+            violations: HostViolations::default(),
+            stats: OffloadStats::default(),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// C-005..C-010: current configuration and hardware capabilities. The device reports
+    /// what it can do; no registry keyword disables anything here, so both are equal
+    /// (C-006: the hardware form would include disabled capabilities). Capacity (C-009)
+    /// is bounded by the device's TCP object limit.
+    fn attributes_from(n: &NegotiateResult) -> MiniportAdapterOffloadAttributes {
+        let mut caps: TcpConnectionOffload = n.capabilities;
+        caps.tcp_connection_offload_capacity = caps.tcp_connection_offload_capacity.min(n.max_tcp);
+        MiniportAdapterOffloadAttributes {
+            header: NdisObjectHeader {
+                object_type: object_type::MINIPORT_ADAPTER_OFFLOAD_ATTRIBUTES,
+                revision: 1,
+                size: 0x18,
+            },
+            default_tcp_connection_offload_configuration: caps,
+            tcp_connection_offload_hardware_capabilities: caps,
+        }
+    }
+
+    pub fn negotiated(&self) -> &NegotiateResult {
+        &self.negotiated
+    }
+    pub fn attributes(&self) -> &MiniportAdapterOffloadAttributes {
+        &self.attributes
+    }
+    pub fn parameters(&self) -> Option<&OffloadParameters> {
+        self.parameters.as_ref()
+    }
+    pub fn run_state(&self) -> RunState {
+        self.run_state
+    }
+    pub fn violations(&self) -> HostViolations {
+        self.violations
+    }
+    /// Objects currently offloaded.
+    pub fn offloaded(&self) -> usize {
+        self.contexts.live_count()
+    }
+    /// State operations recorded or in flight.
+    pub fn outstanding(&self) -> usize {
+        self.recorded.len() + self.pending.len()
+    }
+    /// The context state of `MiniportOffloadContext` `ctx` (None: unknown / terminated).
+    pub fn object_state(&self, ctx: u64) -> Option<ObjState> {
+        self.contexts.get(ctx).map(|c| c.state)
+    }
+
+    // ------------------------------------------------------------ generic handlers
+
+    fn record(&mut self, kind: OpKind, root: BlockListRef) {
+        self.recorded.push_back(Recorded { kind, root });
+    }
+    /// `MiniportInitiateOffload` (C-033): record and return.
+    pub fn initiate_offload(&mut self, root: BlockListRef) {
+        self.record(OpKind::Initiate, root);
+    }
+    /// `MiniportTerminateOffload`.
+    pub fn terminate_offload(&mut self, root: BlockListRef) {
+        self.record(OpKind::Terminate, root);
+    }
+    /// `MiniportUpdateOffload` (C-082).
+    pub fn update_offload(&mut self, root: BlockListRef) {
+        self.record(OpKind::Update, root);
+    }
+    /// `MiniportInvalidateOffload` (C-097).
+    pub fn invalidate_offload(&mut self, root: BlockListRef) {
+        self.record(OpKind::Invalidate, root);
+    }
+    /// `MiniportQueryOffload` (C-075).
+    pub fn query_offload(&mut self, root: BlockListRef) {
+        self.record(OpKind::Query, root);
+    }
+
+    // ------------------------------------------------------------ TCP handlers
+
+    /// Status for I/O naming `ctx`: the docs' status for the object's state. ABI v1 has
+    /// no data-I/O ring records yet, so a live connection answers NOT_SUPPORTED.
+    fn io_status(&mut self, ctx: u64) -> NdisStatus {
+        match self.contexts.get(ctx).map(|c| c.state) {
+            None | Some(ObjState::Reserved) => {
+                // Unknown / terminated connection: the host broke C-069 / §3.5.2.
+                self.violations.unknown_context += 1;
+                NdisStatus::INVALID_STATE
+            }
+            // §3.5.4 / §3.5.10: I/O while an upload is under way.
+            Some(ObjState::Terminating) => NdisStatus::UPLOAD_IN_PROGRESS,
+            Some(ObjState::Live | ObjState::Invalidated) => NdisStatus::NOT_SUPPORTED,
+        }
+    }
+
+    fn fail_all(nbls: &mut [NetBufferList], status: NdisStatus) {
+        for n in nbls {
+            n.status = status;
+            n.info.tcp_offload_bytes_transferred = 0;
+        }
+    }
+
+    /// `MiniportTcpOffloadSend`: always PENDING; completed by the DPC (§3.6).
+    pub fn tcp_offload_send(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
+        let s = self.io_status(ctx);
+        Self::fail_all(&mut nbls, s);
+        self.io_done.push_back(IoDone::Send(nbls));
+        NdisStatus::PENDING
+    }
+    /// `MiniportTcpOffloadReceive` (§3.7.1): always PENDING; every request completed (C-166).
+    pub fn tcp_offload_receive(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
+        let s = self.io_status(ctx);
+        Self::fail_all(&mut nbls, s);
+        self.io_done.push_back(IoDone::Receive(nbls));
+        NdisStatus::PENDING
+    }
+    /// `MiniportTcpOffloadDisconnect` (C-180): PENDING, completion returns only this NBL.
+    pub fn tcp_offload_disconnect(&mut self, ctx: u64, mut nbl: NetBufferList, _flags: u32) -> NdisStatus {
+        let s = self.io_status(ctx);
+        Self::fail_all(core::slice::from_mut(&mut nbl), s);
+        self.io_done.push_back(IoDone::Disconnect(nbl));
+        NdisStatus::PENDING
+    }
+    /// `MiniportTcpOffloadForward` (C-195): PENDING.
+    pub fn tcp_offload_forward(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
+        let s = self.io_status(ctx);
+        Self::fail_all(&mut nbls, s);
+        self.io_done.push_back(IoDone::Forward(nbls));
+        NdisStatus::PENDING
+    }
+    /// `MiniportTcpOffloadReceiveReturn` (C-175): synchronous, always SUCCESS. This
+    /// miniport has indicated nothing yet, so every returned NBL is unexpected.
+    pub fn tcp_offload_receive_return(&mut self, nbls: Vec<NetBufferList>) -> NdisStatus {
+        self.violations.unexpected_return += nbls.len() as u32;
+        NdisStatus::SUCCESS
+    }
+
+    // ------------------------------------------------------------ OIDs, pause, halt
+
+    /// `MiniportOidRequest` for the connection offload OIDs: the parameters set (C-011,
+    /// sent to the device as SET_PARAMETERS) and the statistics (C-019).
+    pub fn oid_request(&mut self, req: &OidRequest) -> OidResult {
+        let done = |status, data: Vec<u8>, bytes_needed| OidResult {
+            status,
+            data,
+            bytes_needed,
+        };
+        match req {
+            OidRequest::Set { oid, buffer } if *oid == oid::TCP_CONNECTION_OFFLOAD_PARAMETERS => {
+                let need = chimney_abi::caps::OFFLOAD_PARAMETERS_LEN;
+                if buffer.len() < need {
+                    return done(status::INVALID_LENGTH, Vec::new(), need);
+                }
+                // Validate with the ABI's decoder: a SET_PARAMETERS record around the buffer.
+                let mut rec = Vec::with_capacity(16 + need);
+                rec.extend_from_slice(&(chimney_abi::Opcode::SetParameters as u16).to_le_bytes());
+                rec.extend_from_slice(&0u16.to_le_bytes());
+                rec.extend_from_slice(&((16 + need) as u32).to_le_bytes());
+                rec.extend_from_slice(&0u64.to_le_bytes());
+                rec.extend_from_slice(&buffer[..need]);
+                let params = match Request::decode(&rec) {
+                    Ok(Request {
+                        body: RequestBody::SetParameters(p),
+                        ..
+                    }) => p,
+                    _ => return done(status::INVALID_DATA, Vec::new(), 0),
+                };
+                match self.control.call(
+                    &self.platform,
+                    RequestBody::SetParameters(params),
+                    self.timeout,
+                ) {
+                    Ok(c) if c.status == NdisStatus::SUCCESS => {
+                        self.parameters = Some(params);
+                        done(NdisStatus::SUCCESS, Vec::new(), 0)
+                    }
+                    Ok(c) => done(c.status, Vec::new(), 0),
+                    Err(_) => done(NdisStatus::FAILURE, Vec::new(), 0),
+                }
+            }
+            OidRequest::Set { oid, .. } => match self.stats_family(*oid) {
+                Some(_) => {
+                    // C-019: a set resets that family; the buffer need not be examined.
+                    match *oid {
+                        oid::TCP4_OFFLOAD_STATS => self.stats.tcp4 = Default::default(),
+                        oid::TCP6_OFFLOAD_STATS => self.stats.tcp6 = Default::default(),
+                        oid::IP4_OFFLOAD_STATS => self.stats.ip4 = Default::default(),
+                        _ => self.stats.ip6 = Default::default(),
+                    }
+                    done(NdisStatus::SUCCESS, Vec::new(), 0)
+                }
+                None => done(NdisStatus::NOT_SUPPORTED, Vec::new(), 0),
+            },
+            OidRequest::Query { oid, buffer_length } => match self.stats_family(*oid) {
+                Some(data) if *buffer_length >= data.len() => done(NdisStatus::SUCCESS, data, 0),
+                Some(data) => done(status::BUFFER_TOO_SHORT, Vec::new(), data.len()),
+                None => done(NdisStatus::NOT_SUPPORTED, Vec::new(), 0),
+            },
+        }
+    }
+
+    /// The statistics structure of `oid` in its x64 layout, little-endian.
+    fn stats_family(&self, oid: u32) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let (wide, narrow, len): (&[u64], &[u64], usize) = match oid {
+            oid::TCP4_OFFLOAD_STATS => (&self.stats.tcp4[..2], &self.stats.tcp4[2..], TCP_OFFLOAD_STATS_LEN),
+            oid::TCP6_OFFLOAD_STATS => (&self.stats.tcp6[..2], &self.stats.tcp6[2..], TCP_OFFLOAD_STATS_LEN),
+            oid::IP4_OFFLOAD_STATS => (&self.stats.ip4[..5], &self.stats.ip4[5..], IP_OFFLOAD_STATS_LEN),
+            oid::IP6_OFFLOAD_STATS => (&self.stats.ip6[..5], &self.stats.ip6[5..], IP_OFFLOAD_STATS_LEN),
+            _ => return None,
+        };
+        for v in wide {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in narrow {
+            // ULONG counters wrap (C-020).
+            out.extend_from_slice(&(*v as u32).to_le_bytes());
+        }
+        out.resize(len, 0);
+        Some(out)
+    }
+
+    /// `MiniportPause`: offloaded connections stay offloaded and keep being served; state
+    /// operations keep being accepted (C-231). Completes at once.
+    pub fn pause(&mut self) -> NdisStatus {
+        self.run_state = RunState::Paused;
+        NdisStatus::SUCCESS
+    }
+    /// `MiniportRestart`.
+    pub fn restart(&mut self) -> NdisStatus {
+        self.run_state = RunState::Running;
+        NdisStatus::SUCCESS
+    }
+    /// `MiniportHaltEx`: finish what is in flight (the host gets its completions), then
+    /// release the adapter. Returns how many objects were still offloaded (the host should
+    /// have terminated them; the device frees them when the connection goes away).
+    pub fn halt(mut self, ndis: &mut H) -> Result<usize, MiniportError> {
+        while self.outstanding() > 0 || !self.io_done.is_empty() {
+            if !self.service(ndis)? {
+                self.control.wait_activity(&self.platform, self.timeout)?;
+                if !self.control.has_queued() && !self.pending.is_empty() {
+                    return Err(MiniportError::Control(ControlError::TimedOut {
+                        request_id: self.pending[0].request_id,
+                    }));
+                }
+            }
+        }
+        Ok(self.contexts.live_count())
+    }
+
+    // ------------------------------------------------------------ the DPC
+
+    /// Do the deferred work: send recorded operations, complete finished ones, deliver
+    /// I/O completions and events. Returns whether anything happened.
+    pub fn service(&mut self, ndis: &mut H) -> Result<bool, MiniportError> {
+        let mut progress = false;
+        // 1. Recorded operations → ring requests (or local refusal).
+        while let Some(r) = self.recorded.pop_front() {
+            let plan = {
+                let tree = r.root.read();
+                translate::translate(r.kind, &tree, &mut self.contexts)
+            };
+            match plan {
+                Err(why) => {
+                    if matches!(why, Refusal::UnknownContext { .. }) {
+                        self.violations.unknown_context += 1;
+                    }
+                    if matches!(why, Refusal::AlreadyTerminating { .. }) {
+                        self.violations.double_terminate += 1;
+                    }
+                    Self::write_all(&r.root, NdisStatus::FAILURE);
+                    self.complete(ndis, r.kind, r.root);
+                    progress = true;
+                }
+                Ok(plan) => {
+                    match self.control.submit(&self.platform, plan.body.clone()) {
+                        Ok(request_id) => {
+                            self.pending.push(Pending {
+                                kind: r.kind,
+                                root: r.root,
+                                request_id,
+                                plan,
+                            });
+                            progress = true;
+                        }
+                        Err(ControlError::NoFreeSlot(_)) => {
+                            translate::rollback(&plan, &mut self.contexts);
+                            self.recorded.push_front(r);
+                            break;
+                        }
+                        Err(e) => {
+                            translate::rollback(&plan, &mut self.contexts);
+                            Self::write_all(&r.root, NdisStatus::FAILURE);
+                            self.complete(ndis, r.kind, r.root);
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+        }
+        // 2. Completions from the device.
+        self.control.poll(&self.platform)?;
+        let mut i = 0;
+        while i < self.pending.len() {
+            let id = self.pending[i].request_id;
+            match self.control.take_completion(id) {
+                Some(c) => {
+                    let p = self.pending.remove(i);
+                    self.apply(&p, c);
+                    self.complete(ndis, p.kind, p.root);
+                    progress = true;
+                }
+                None => i += 1,
+            }
+        }
+        // 3. TCP I/O completions (never inside the handler call).
+        while let Some(d) = self.io_done.pop_front() {
+            let mh = ndis.miniport_handle();
+            match d {
+                IoDone::Send(n) => (self.handlers.send_complete)(ndis, mh, n),
+                IoDone::Receive(n) => (self.handlers.receive_complete)(ndis, mh, n),
+                IoDone::Disconnect(n) => (self.handlers.disconnect_complete)(ndis, mh, n),
+                IoDone::Forward(n) => (self.handlers.forward_complete)(ndis, mh, n),
+            }
+            progress = true;
+        }
+        // 4. Events, but not while an initiate is in progress (C-067, §4.4).
+        let initiating = self
+            .pending
+            .iter()
+            .any(|p| p.kind == OpKind::Initiate)
+            || self.recorded.iter().any(|r| r.kind == OpKind::Initiate);
+        if !initiating {
+            while let Some(e) = self.control.next_event() {
+                self.deliver_event(ndis, e);
+                progress = true;
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Service until no state operation is outstanding; wait for the device in between.
+    /// A device that stays quiet for the configured timeout ends it with `TimedOut`.
+    pub fn run_until_idle(&mut self, ndis: &mut H) -> Result<(), MiniportError> {
+        loop {
+            let progress = self.service(ndis)?;
+            if self.outstanding() == 0 && self.io_done.is_empty() {
+                // Deliver events that are already here.
+                self.control.poll(&self.platform)?;
+                if !self.control.has_queued() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !progress && !self.control.wait_activity(&self.platform, self.timeout)? {
+                if let Some(p) = self.pending.first() {
+                    return Err(ControlError::TimedOut {
+                        request_id: p.request_id,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for device activity, then service. Returns whether anything
+    /// happened (use it to wait for events such as upload requests).
+    pub fn poll_device(&mut self, ndis: &mut H, timeout: Duration) -> Result<bool, MiniportError> {
+        if self.service(ndis)? {
+            return Ok(true);
+        }
+        self.control.wait_activity(&self.platform, timeout)?;
+        self.service(ndis)
+    }
+
+    fn write_all(root: &BlockListRef, status: NdisStatus) {
+        for b in root.write().blocks.iter_mut() {
+            b.status = status;
+        }
+    }
+
+    /// Call the completion function of `kind` with the root the handler got (C-033).
+    /// After it returns the miniport holds no reference to the tree (C-034).
+    fn complete(&mut self, ndis: &mut H, kind: OpKind, root: BlockListRef) {
+        match kind {
+            OpKind::Initiate => ndis.initiate_offload_complete(root),
+            OpKind::Query => ndis.query_offload_state_complete(root),
+            OpKind::Update => ndis.update_offload_complete(root),
+            OpKind::Invalidate => ndis.invalidate_offload_complete(root),
+            OpKind::Terminate => ndis.terminate_offload_complete(root),
+        }
+    }
+
+    /// Write the device's results into the host's tree: a status into every block
+    /// (C-041), the context into `*MiniportOffloadContext` of each new object that
+    /// offloaded (C-040), queried structures (C-076), returned delegated state (C-111).
+    fn apply(&mut self, p: &Pending, c: Completion) {
+        let mut tree = p.root.write();
+        let n = p.plan.order.len();
+        let results: Option<Vec<(NdisStatus, Option<chimney_abi::DeviceHandle>, Option<QueriedState>)>> =
+            match c.body {
+                CompletionBody::Initiate(r) if p.kind == OpKind::Initiate && r.len() == n => {
+                    Some(r.into_iter().map(|b| (b.status, b.handle, None)).collect())
+                }
+                CompletionBody::Query(r) if p.kind == OpKind::Query && r.len() == n => {
+                    Some(r.into_iter().map(|b| (b.status, None, b.state)).collect())
+                }
+                CompletionBody::Update(r) if p.kind == OpKind::Update && r.len() == n => {
+                    Some(r.into_iter().map(|b| (b.status, None, None)).collect())
+                }
+                CompletionBody::Invalidate(r) if p.kind == OpKind::Invalidate && r.len() == n => {
+                    Some(r.into_iter().map(|b| (b.status, None, None)).collect())
+                }
+                CompletionBody::Terminate(r) if p.kind == OpKind::Terminate && r.len() == n => Some(
+                    r.into_iter()
+                        .map(|b| (b.status, None, b.state.map(delegated_as_queried)))
+                        .collect(),
+                ),
+                // ERROR completion or a body that does not fit: the request failed whole.
+                _ => None,
+            };
+        let Some(results) = results else {
+            translate::rollback(&p.plan, &mut self.contexts);
+            for b in tree.blocks.iter_mut() {
+                b.status = NdisStatus::FAILURE;
+            }
+            return;
+        };
+        for (k, (status, handle, state)) in results.into_iter().enumerate() {
+            let hi = p.plan.order[k];
+            let Some(b) = tree.blocks.get_mut(hi) else {
+                continue;
+            };
+            b.status = status;
+            let ctx = b.miniport_offload_context.filter(|v| *v != 0);
+            match p.kind {
+                OpKind::Initiate => {
+                    if let Some(id) = p.plan.reserved[k] {
+                        match handle {
+                            Some(h) if h.layer() == Some(self.ctx_layer(id)) => {
+                                if let Some(cx) = self.contexts.get_mut(id) {
+                                    cx.device = Some(h);
+                                    cx.state = ObjState::Live;
+                                }
+                                b.miniport_offload_context = Some(id);
+                            }
+                            // Failed (or a device handle that cannot be right): leave the
+                            // host's location untouched (C-040).
+                            _ => {
+                                self.contexts.release(id);
+                                if status == NdisStatus::SUCCESS
+                                    || status == NdisStatus::OFFLOAD_PARTIAL_SUCCESS
+                                {
+                                    b.status = NdisStatus::FAILURE;
+                                }
+                            }
+                        }
+                    }
+                }
+                OpKind::Query => {
+                    if ctx.is_some() && status == NdisStatus::SUCCESS {
+                        b.state = state;
+                    }
+                }
+                OpKind::Invalidate => {
+                    if let Some(cx) = ctx.and_then(|v| self.contexts.get_mut(v)) {
+                        if status == NdisStatus::SUCCESS {
+                            cx.state = ObjState::Invalidated;
+                        }
+                    }
+                }
+                OpKind::Terminate => {
+                    if let Some(v) = ctx {
+                        if status == NdisStatus::SUCCESS {
+                            if let (Some(s), Some(_)) = (state, b.state.as_ref()) {
+                                b.state = Some(s);
+                            }
+                            self.contexts.release(v);
+                        } else if let Some(cx) = self.contexts.get_mut(v) {
+                            cx.state = cx.before_terminate;
+                        }
+                    }
+                }
+                OpKind::Update => {}
+            }
+        }
+    }
+
+    fn ctx_layer(&self, id: u64) -> chimney_abi::Layer {
+        self.contexts
+            .get(id)
+            .map_or(chimney_abi::Layer::Tcp, |c| c.layer)
+    }
+
+    /// Device event → the NDIS indication it models (§4).
+    fn deliver_event(&mut self, ndis: &mut H, e: chimney_abi::Event) {
+        // The ring's host_context is our context id; the device handle must agree.
+        let ctx = self
+            .contexts
+            .get(e.host_context)
+            .filter(|c| c.device.is_some() && c.device == e.handle)
+            .copied();
+        match e.class {
+            EventClass::TcpEvent => {
+                let Some(c) = ctx else { return };
+                if c.layer != chimney_abi::Layer::Tcp {
+                    return; // C-105: upload requests are for TCP objects only.
+                }
+                if e.code < tcp_event::SEND_BACKLOG_CHANGE || e.code > tcp_event::ABORT {
+                    return;
+                }
+                // C-028: the stored NdisOffloadHandle.
+                (self.handlers.event_handler)(ndis, c.ndis_offload_handle, e.code, e.info);
+            }
+            EventClass::OffloadEvent => {
+                if e.code == offload_event::NEIGHBOR_REACHABILITY_QUERY {
+                    let Some(c) = ctx.filter(|c| c.layer == chimney_abi::Layer::Neighbor) else {
+                        return;
+                    };
+                    // C-225: one block, Type NeighborOffloadState, no dependents, SUCCESS.
+                    let mut b = BlockList::new(OffloadStateType::Neighbor);
+                    b.ndis_offload_handle = c.ndis_offload_handle;
+                    b.status = NdisStatus::SUCCESS;
+                    let root = BlockListRef::new(BlockTree { blocks: alloc::vec![b] });
+                    ndis.offload_event_indicate(Some(root), e.code);
+                } else {
+                    // C-229: NULL block list for every other code.
+                    ndis.offload_event_indicate(None, e.code);
+                }
+            }
+            EventClass::StatusIndication => {
+                let status_buffer = if e.status == NdisStatus::OFFLOAD_RESUME {
+                    parse_connection_offload(&e.payload)
+                } else {
+                    None
+                };
+                ndis.indicate_status_ex(&StatusIndication {
+                    status_code: e.status,
+                    status_buffer,
+                });
+            }
+        }
+    }
+}
+
+fn delegated_as_queried(d: chimney_abi::DelegatedState) -> QueriedState {
+    use chimney_abi::DelegatedState as D;
+    match d {
+        D::Neighbor(x) => QueriedState::Neighbor {
+            konst: None,
+            cached: None,
+            delegated: Some(x),
+        },
+        D::Path(x) => QueriedState::Path {
+            konst: None,
+            cached: None,
+            delegated: Some(x),
+        },
+        D::Tcp(x) => QueriedState::Tcp {
+            konst: None,
+            cached: None,
+            delegated: Some(x),
+        },
+    }
+}
+
+/// `NDIS_TCP_CONNECTION_OFFLOAD` from an OFFLOAD_RESUME payload (20 bytes, §5.3).
+fn parse_connection_offload(b: &[u8]) -> Option<TcpConnectionOffload> {
+    let u32_at = |o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    if b.len() < 20 || b[0] != object_type::DEFAULT {
+        return None;
+    }
+    let bits = u32_at(8)?;
+    Some(TcpConnectionOffload {
+        encapsulation: u32_at(4)?,
+        support_ipv4: (bits & 3) as u8,
+        support_ipv6: (bits >> 2 & 3) as u8,
+        support_ipv6_extension_headers: (bits >> 4 & 3) as u8,
+        support_sack: (bits >> 6 & 3) as u8,
+        congestion_algorithm: (bits >> 8 & 0xF) as u8,
+        tcp_connection_offload_capacity: u32_at(12)?,
+        flags: u32_at(16)?,
+    })
+}
