@@ -181,6 +181,11 @@ impl DeviceProcess {
         Ok(dev)
     }
 
+    /// Process id (for the Ctrl-C cleanup registry).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
