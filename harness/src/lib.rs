@@ -7,7 +7,8 @@
 //! - [`control_session`]: the guest-driver's control channel on queues 2/3, NEGOTIATE and
 //!   SET_PARAMETERS done;
 //! - [`objects`]: seeded neighbor/path/TCP fixtures and the trees over them;
-//! - [`frames`]: ARP / ICMP probes for the NIC path.
+//! - [`frames`]: ARP / ICMP probes for the NIC path;
+//! - [`scenario`]: the scenario runner (format, conformance checks, reports, coverage).
 
 pub mod control_session;
 pub mod device_process;
@@ -16,6 +17,7 @@ pub mod foundation;
 pub mod frames;
 pub mod frontend;
 pub mod objects;
+pub mod scenario;
 pub mod smoke;
 mod sys;
 pub mod testbed;
