@@ -18,7 +18,7 @@ pub mod platform;
 pub mod virtqueue;
 
 pub use control::{ControlChannel, ControlConfig, ControlError};
+pub use miniport::{ChimneyMiniport, MiniportConfig, MiniportError};
 pub use nic::{NicError, NicQueues, VNET_HDR_LEN};
 pub use platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
 pub use virtqueue::{Buffer, RingAddresses, UsedBuffer, Virtqueue, VirtqueueError};
-pub use miniport::{ChimneyMiniport, MiniportConfig, MiniportError};

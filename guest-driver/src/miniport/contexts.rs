@@ -111,5 +111,4 @@ impl Contexts {
             .filter(|s| matches!(s.ctx, Some(c) if c.state != ObjState::Reserved))
             .count()
     }
-
 }

@@ -17,12 +17,12 @@ use core::time::Duration;
 use chimney_abi::event::{offload_event, tcp_event};
 use chimney_abi::{
     Completion, CompletionBody, EventClass, NdisStatus, Negotiate, NegotiateResult,
-    OffloadParameters, OffloadStateType, QueriedState, Request, RequestBody,
-    TcpConnectionOffload, ABI_MIN_VERSION, ABI_VERSION,
+    OffloadParameters, OffloadStateType, QueriedState, Request, RequestBody, TcpConnectionOffload,
+    ABI_MIN_VERSION, ABI_VERSION,
 };
 
-pub use contexts::ObjState;
 use contexts::Contexts;
+pub use contexts::ObjState;
 pub use translate::{OpKind, Refusal};
 
 use crate::control::{ControlChannel, ControlConfig, ControlError};
@@ -33,7 +33,9 @@ use crate::ndis::chars::{
     StatusIndication, TcpOffloadEventHandlers,
 };
 use crate::ndis::nbl::NetBufferList;
-use crate::ndis::{chimney_type, object_type, oid, NdisObjectHeader, NDIS_OBJECT_TCP_OFFLOAD_REVISION_1};
+use crate::ndis::{
+    chimney_type, object_type, oid, NdisObjectHeader, NDIS_OBJECT_TCP_OFFLOAD_REVISION_1,
+};
 use crate::platform::Platform;
 use crate::virtqueue::Virtqueue;
 
@@ -62,7 +64,9 @@ pub enum MiniportError {
     NegotiateBody,
     #[error("NdisMGetOffloadHandlers failed: {0}")]
     GetOffloadHandlers(NdisStatus),
-    #[error("NDIS_TCP_OFFLOAD_EVENT_HANDLERS header {field} is {seen}, expected {expected} (C-004)")]
+    #[error(
+        "NDIS_TCP_OFFLOAD_EVENT_HANDLERS header {field} is {seen}, expected {expected} (C-004)"
+    )]
     EventHandlersHeader {
         field: &'static str,
         seen: u32,
@@ -401,7 +405,12 @@ where
         NdisStatus::PENDING
     }
     /// `MiniportTcpOffloadDisconnect` (C-180): PENDING, completion returns only this NBL.
-    pub fn tcp_offload_disconnect(&mut self, ctx: u64, mut nbl: NetBufferList, _flags: u32) -> NdisStatus {
+    pub fn tcp_offload_disconnect(
+        &mut self,
+        ctx: u64,
+        mut nbl: NetBufferList,
+        _flags: u32,
+    ) -> NdisStatus {
         let s = self.io_status(ctx);
         Self::fail_all(core::slice::from_mut(&mut nbl), s);
         self.io_done.push_back(IoDone::Disconnect(nbl));
@@ -489,10 +498,26 @@ where
     fn stats_family(&self, oid: u32) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         let (wide, narrow, len): (&[u64], &[u64], usize) = match oid {
-            oid::TCP4_OFFLOAD_STATS => (&self.stats.tcp4[..2], &self.stats.tcp4[2..], TCP_OFFLOAD_STATS_LEN),
-            oid::TCP6_OFFLOAD_STATS => (&self.stats.tcp6[..2], &self.stats.tcp6[2..], TCP_OFFLOAD_STATS_LEN),
-            oid::IP4_OFFLOAD_STATS => (&self.stats.ip4[..5], &self.stats.ip4[5..], IP_OFFLOAD_STATS_LEN),
-            oid::IP6_OFFLOAD_STATS => (&self.stats.ip6[..5], &self.stats.ip6[5..], IP_OFFLOAD_STATS_LEN),
+            oid::TCP4_OFFLOAD_STATS => (
+                &self.stats.tcp4[..2],
+                &self.stats.tcp4[2..],
+                TCP_OFFLOAD_STATS_LEN,
+            ),
+            oid::TCP6_OFFLOAD_STATS => (
+                &self.stats.tcp6[..2],
+                &self.stats.tcp6[2..],
+                TCP_OFFLOAD_STATS_LEN,
+            ),
+            oid::IP4_OFFLOAD_STATS => (
+                &self.stats.ip4[..5],
+                &self.stats.ip4[5..],
+                IP_OFFLOAD_STATS_LEN,
+            ),
+            oid::IP6_OFFLOAD_STATS => (
+                &self.stats.ip6[..5],
+                &self.stats.ip6[5..],
+                IP_OFFLOAD_STATS_LEN,
+            ),
             _ => return None,
         };
         for v in wide {
@@ -558,30 +583,28 @@ where
                     self.complete(ndis, r.kind, r.root);
                     progress = true;
                 }
-                Ok(plan) => {
-                    match self.control.submit(&self.platform, plan.body.clone()) {
-                        Ok(request_id) => {
-                            self.pending.push(Pending {
-                                kind: r.kind,
-                                root: r.root,
-                                request_id,
-                                plan,
-                            });
-                            progress = true;
-                        }
-                        Err(ControlError::NoFreeSlot(_)) => {
-                            translate::rollback(&plan, &mut self.contexts);
-                            self.recorded.push_front(r);
-                            break;
-                        }
-                        Err(e) => {
-                            translate::rollback(&plan, &mut self.contexts);
-                            Self::write_all(&r.root, NdisStatus::FAILURE);
-                            self.complete(ndis, r.kind, r.root);
-                            return Err(e.into());
-                        }
+                Ok(plan) => match self.control.submit(&self.platform, plan.body.clone()) {
+                    Ok(request_id) => {
+                        self.pending.push(Pending {
+                            kind: r.kind,
+                            root: r.root,
+                            request_id,
+                            plan,
+                        });
+                        progress = true;
                     }
-                }
+                    Err(ControlError::NoFreeSlot(_)) => {
+                        translate::rollback(&plan, &mut self.contexts);
+                        self.recorded.push_front(r);
+                        break;
+                    }
+                    Err(e) => {
+                        translate::rollback(&plan, &mut self.contexts);
+                        Self::write_all(&r.root, NdisStatus::FAILURE);
+                        self.complete(ndis, r.kind, r.root);
+                        return Err(e.into());
+                    }
+                },
             }
         }
         // 2. Completions from the device.
@@ -611,10 +634,7 @@ where
             progress = true;
         }
         // 4. Events, but not while an initiate is in progress (C-067, §4.4).
-        let initiating = self
-            .pending
-            .iter()
-            .any(|p| p.kind == OpKind::Initiate)
+        let initiating = self.pending.iter().any(|p| p.kind == OpKind::Initiate)
             || self.recorded.iter().any(|r| r.kind == OpKind::Initiate);
         if !initiating {
             while let Some(e) = self.control.next_event() {
@@ -683,28 +703,33 @@ where
     fn apply(&mut self, p: &Pending, c: Completion) {
         let mut tree = p.root.write();
         let n = p.plan.order.len();
-        let results: Option<Vec<(NdisStatus, Option<chimney_abi::DeviceHandle>, Option<QueriedState>)>> =
-            match c.body {
-                CompletionBody::Initiate(r) if p.kind == OpKind::Initiate && r.len() == n => {
-                    Some(r.into_iter().map(|b| (b.status, b.handle, None)).collect())
-                }
-                CompletionBody::Query(r) if p.kind == OpKind::Query && r.len() == n => {
-                    Some(r.into_iter().map(|b| (b.status, None, b.state)).collect())
-                }
-                CompletionBody::Update(r) if p.kind == OpKind::Update && r.len() == n => {
-                    Some(r.into_iter().map(|b| (b.status, None, None)).collect())
-                }
-                CompletionBody::Invalidate(r) if p.kind == OpKind::Invalidate && r.len() == n => {
-                    Some(r.into_iter().map(|b| (b.status, None, None)).collect())
-                }
-                CompletionBody::Terminate(r) if p.kind == OpKind::Terminate && r.len() == n => Some(
-                    r.into_iter()
-                        .map(|b| (b.status, None, b.state.map(delegated_as_queried)))
-                        .collect(),
-                ),
-                // ERROR completion or a body that does not fit: the request failed whole.
-                _ => None,
-            };
+        let results: Option<
+            Vec<(
+                NdisStatus,
+                Option<chimney_abi::DeviceHandle>,
+                Option<QueriedState>,
+            )>,
+        > = match c.body {
+            CompletionBody::Initiate(r) if p.kind == OpKind::Initiate && r.len() == n => {
+                Some(r.into_iter().map(|b| (b.status, b.handle, None)).collect())
+            }
+            CompletionBody::Query(r) if p.kind == OpKind::Query && r.len() == n => {
+                Some(r.into_iter().map(|b| (b.status, None, b.state)).collect())
+            }
+            CompletionBody::Update(r) if p.kind == OpKind::Update && r.len() == n => {
+                Some(r.into_iter().map(|b| (b.status, None, None)).collect())
+            }
+            CompletionBody::Invalidate(r) if p.kind == OpKind::Invalidate && r.len() == n => {
+                Some(r.into_iter().map(|b| (b.status, None, None)).collect())
+            }
+            CompletionBody::Terminate(r) if p.kind == OpKind::Terminate && r.len() == n => Some(
+                r.into_iter()
+                    .map(|b| (b.status, None, b.state.map(delegated_as_queried)))
+                    .collect(),
+            ),
+            // ERROR completion or a body that does not fit: the request failed whole.
+            _ => None,
+        };
         let Some(results) = results else {
             translate::rollback(&p.plan, &mut self.contexts);
             for b in tree.blocks.iter_mut() {
@@ -807,7 +832,9 @@ where
                     let mut b = BlockList::new(OffloadStateType::Neighbor);
                     b.ndis_offload_handle = c.ndis_offload_handle;
                     b.status = NdisStatus::SUCCESS;
-                    let root = BlockListRef::new(BlockTree { blocks: alloc::vec![b] });
+                    let root = BlockListRef::new(BlockTree {
+                        blocks: alloc::vec![b],
+                    });
                     ndis.offload_event_indicate(Some(root), e.code);
                 } else {
                     // C-229: NULL block list for every other code.
@@ -852,7 +879,10 @@ fn delegated_as_queried(d: chimney_abi::DelegatedState) -> QueriedState {
 
 /// `NDIS_TCP_CONNECTION_OFFLOAD` from an OFFLOAD_RESUME payload (20 bytes, §5.3).
 fn parse_connection_offload(b: &[u8]) -> Option<TcpConnectionOffload> {
-    let u32_at = |o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
     if b.len() < 20 || b[0] != object_type::DEFAULT {
         return None;
     }

@@ -172,7 +172,9 @@ impl BlockListRef {
 
     fn check(&self) {
         if self.0.poisoned.get() {
-            self.0.violations.set(self.0.violations.get().saturating_add(1));
+            self.0
+                .violations
+                .set(self.0.violations.get().saturating_add(1));
             debug_assert!(
                 false,
                 "C-034: block list touched after its completion (poisoned tree)"

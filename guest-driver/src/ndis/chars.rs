@@ -66,7 +66,8 @@ pub struct TcpOffloadEventHandlers<H: ?Sized> {
     /// `NdisTcpOffloadEventHandler(NdisOffloadHandle, EventType, EventSpecificInformation)`.
     pub event_handler: fn(&mut H, NdisHandle, u32, u32),
     /// `NdisTcpOffloadReceiveHandler(NdisOffloadHandle, NBL, Status, &BytesConsumed)`.
-    pub receive_handler: fn(&mut H, NdisHandle, &mut NetBufferList, NdisStatus, &mut u32) -> NdisStatus,
+    pub receive_handler:
+        fn(&mut H, NdisHandle, &mut NetBufferList, NdisStatus, &mut u32) -> NdisStatus,
     pub send_complete: fn(&mut H, NdisHandle, Vec<NetBufferList>),
     pub receive_complete: fn(&mut H, NdisHandle, Vec<NetBufferList>),
     pub disconnect_complete: fn(&mut H, NdisHandle, NetBufferList),
