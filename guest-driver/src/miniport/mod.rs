@@ -703,13 +703,7 @@ where
     fn apply(&mut self, p: &Pending, c: Completion) {
         let mut tree = p.root.write();
         let n = p.plan.order.len();
-        let results: Option<
-            Vec<(
-                NdisStatus,
-                Option<chimney_abi::DeviceHandle>,
-                Option<QueriedState>,
-            )>,
-        > = match c.body {
+        let results: Option<Vec<BlockOutcome>> = match c.body {
             CompletionBody::Initiate(r) if p.kind == OpKind::Initiate && r.len() == n => {
                 Some(r.into_iter().map(|b| (b.status, b.handle, None)).collect())
             }
@@ -855,6 +849,13 @@ where
         }
     }
 }
+
+/// One block's result: status, new device handle (initiate), returned structures.
+type BlockOutcome = (
+    NdisStatus,
+    Option<chimney_abi::DeviceHandle>,
+    Option<QueriedState>,
+);
 
 fn delegated_as_queried(d: chimney_abi::DelegatedState) -> QueriedState {
     use chimney_abi::DelegatedState as D;

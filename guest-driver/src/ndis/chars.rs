@@ -48,13 +48,13 @@ pub struct ProviderChimneyOffloadTcpCharacteristics<A> {
 // fn pointers are Copy whatever A is; derive would demand A: Clone.
 impl<A> Clone for ProviderChimneyOffloadGenericCharacteristics<A> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        *self
     }
 }
 impl<A> Copy for ProviderChimneyOffloadGenericCharacteristics<A> {}
 impl<A> Clone for ProviderChimneyOffloadTcpCharacteristics<A> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        *self
     }
 }
 impl<A> Copy for ProviderChimneyOffloadTcpCharacteristics<A> {}
@@ -76,7 +76,7 @@ pub struct TcpOffloadEventHandlers<H: ?Sized> {
 
 impl<H: ?Sized> Clone for TcpOffloadEventHandlers<H> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        *self
     }
 }
 impl<H: ?Sized> Copy for TcpOffloadEventHandlers<H> {}
