@@ -223,6 +223,22 @@ impl DeviceProcess {
 
 impl Drop for DeviceProcess {
     fn drop(&mut self) {
+        // SIGTERM first: the device flushes its pcap and removes its socket on it; SIGKILL
+        // if it has not exited within two seconds.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    let _ = std::fs::remove_file(&self.socket);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);

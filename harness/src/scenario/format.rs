@@ -939,7 +939,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let p = e?.path();
         if p.is_dir() {
             walk(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "toml") {
+        } else if p.extension().is_some_and(|x| x == "toml")
+            // Device policy files (`*.policy.toml`) live beside the scenarios using them.
+            && !p.to_string_lossy().ends_with(".policy.toml")
+        {
             out.push(p);
         }
     }

@@ -70,6 +70,10 @@ pub fn parse_tcp(t: Duration, frame: &[u8]) -> Option<Segment> {
 /// Read every TCP segment of a pcap file, times relative to the first packet.
 pub fn read_segments(pcap: &Path) -> Result<Vec<Segment>, String> {
     let file = std::fs::File::open(pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
+    // A device that saw no frame may not have written even the header.
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(Vec::new());
+    }
     let mut reader = pcap_file::pcap::PcapReader::new(file)
         .map_err(|e| format!("{}: not a pcap file: {e}", pcap.display()))?;
     let mut out = Vec::new();
