@@ -199,6 +199,7 @@ struct Slot {
     scheduled: Option<Tick>,
     accepted_on: Option<u16>,
     announced: bool,
+    path_mtu: u32,
     removed_from_table: bool,
 }
 
@@ -427,6 +428,7 @@ impl Engine {
             scheduled: None,
             accepted_on,
             announced: false,
+            path_mtu: u32::from(self.cfg.mtu),
             removed_from_table: false,
         };
         let idx = match self.free.pop() {
@@ -1103,7 +1105,7 @@ impl Engine {
                     destination_address: tuple.remote.ip(),
                 },
                 cached: PathCached {
-                    path_mtu: u32::from(self.cfg.mtu),
+                    path_mtu: self.slots[i].path_mtu,
                 },
             },
             tcp,
@@ -1146,6 +1148,7 @@ impl Engine {
         cfg.local_mss = (st.path.cached.path_mtu.min(65535) as u16).saturating_sub(hdr).max(64);
         let tcb = Tcb::import(&cfg, &st.tcp, now);
         let h = self.insert(tuple, tcb, None);
+        self.slots[h.idx as usize].path_mtu = st.path.cached.path_mtu;
         self.touch(h.idx);
         Ok(h)
     }

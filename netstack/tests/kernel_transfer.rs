@@ -23,7 +23,7 @@ fn bytes() -> u64 {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Cell {
+pub struct Cell {
     loss: u32,
     reorder: bool,
     dup: bool,
@@ -53,12 +53,19 @@ impl Cell {
 }
 
 /// One connection: `len` bytes each way, checked by SHA-256 at both ends.
-fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
+pub fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
+    transfer_opts(cell, v6, active, seed, len, None);
+}
+
+/// As `transfer`; with `migrate_at`, once that many bytes went each way the connection is
+/// exported from the engine and imported into a fresh one, which finishes the transfer.
+pub fn transfer_opts(cell: Cell, v6: bool, active: bool, seed: u64, len: u64, migrate_at: Option<u64>) {
     let name = format!(
-        "{}-{}-{}",
+        "{}-{}-{}{}",
         cell.name(),
         if v6 { "v6" } else { "v4" },
-        if active { "active" } else { "passive" }
+        if active { "active" } else { "passive" },
+        if migrate_at.is_some() { "-migrate" } else { "" }
     );
     println!("cell {name}: seed {seed:#x} (re-run: NETSTACK_SEED={seed:#x} NETSTACK_CELL={name})");
     let started = std::time::Instant::now();
@@ -95,11 +102,50 @@ fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
     };
     let mut tx = Sender::new(conn, to_kernel_seed, len);
     let mut rx = Receiver::new(conn);
+    let t0 = std::time::Instant::now();
+    let mut rx_done = None;
+    let mut migrated = false;
+    let mut stats = None;
     rig.run_until(Duration::from_secs(limit_secs()), &format!("{name} transfer"), |r| {
         tx.feed(&mut r.engine);
         rx.drain(&mut r.engine);
+        if rx.n == len && rx_done.is_none() {
+            rx_done = Some(t0.elapsed());
+        }
+        if let Ok(s) = r.engine.conn_stats(tx.conn) {
+            stats = Some(s);
+        }
+        if let Some(at) = migrate_at {
+            if !migrated && tx.off >= at && rx.n >= at {
+                // Export mid-transfer with data in flight and unacknowledged; import into a
+                // brand-new engine instance (DESIGN rule 5).
+                let now = r.now();
+                let st = r.engine.export(now, tx.conn).expect("export mid-transfer");
+                assert!(
+                    st.tcp.delegated.snd_max != st.tcp.delegated.snd_una,
+                    "export should catch data in flight"
+                );
+                // Owed frames of the old engine go out first.
+                r.flush_pending();
+                let mut fresh = chimney_netstack::Engine::new(test_engine_config(seed ^ 0xfeed), now)
+                    .expect("fresh engine");
+                let h = fresh.import(now, &st).expect("import");
+                let again = {
+                    let mut probe = chimney_netstack::Engine::new(test_engine_config(1), now).expect("engine");
+                    let h2 = probe.import(now, &st).expect("import copy");
+                    probe.export(now, h2).expect("export copy")
+                };
+                assert_eq!(again.tcp, st.tcp, "export → import → export must be the identity");
+                r.engine = fresh;
+                tx.conn = h;
+                rx.conn = h;
+                migrated = true;
+                println!("cell {name}: migrated at {} bytes sent / {} received, {} bytes unacked",
+                    tx.off, rx.n, st.tcp.send_data.len());
+            }
+        }
         let peer_done = peer_thread.is_finished();
-        let st = r.engine.state(conn).ok();
+        let st = r.engine.state(tx.conn).ok();
         peer_done
             && rx.n == len
             && matches!(
@@ -108,6 +154,7 @@ fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
             )
     });
     let (kernel_sent, kernel_got, kernel_sha) = peer_thread.join().expect("peer thread");
+    assert_eq!(migrated, migrate_at.is_some(), "{name}: migration happened as asked");
     let want_to_kernel = expected_sha(to_kernel_seed, len);
     let want_from_kernel = expected_sha(from_kernel_seed, len);
     assert_eq!(kernel_sent, len);
@@ -122,10 +169,36 @@ fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
         "{name}: bytes/SHA-256 we received vs sent by the kernel (seed {seed:#x})"
     );
     println!(
-        "cell {name}: ok in {:.1?}, up {:?}, down {:?}",
+        "cell {name}: ok in {:.1?} (kernel→us done at {rx_done:.1?}; our sender {stats:?}), up {:?}, down {:?}",
         started.elapsed(),
         rig.up.stats(),
         rig.down.stats()
+    );
+}
+
+#[test]
+fn export_import_mid_transfer_64mib_ipv4_keeps_sha256() {
+    let len = bytes();
+    transfer_opts(
+        Cell { loss: 0, reorder: false, dup: false, corrupt: false },
+        false,
+        true,
+        seed_from_env(0x4444),
+        len,
+        Some(len / 2),
+    );
+}
+
+#[test]
+fn export_import_mid_transfer_lossy_ipv6_passive_keeps_sha256() {
+    let len = bytes() / 4;
+    transfer_opts(
+        Cell { loss: 1, reorder: true, dup: false, corrupt: false },
+        true,
+        false,
+        seed_from_env(0x4455),
+        len,
+        Some(len / 3),
     );
 }
 
@@ -151,6 +224,7 @@ fn limit_secs() -> u64 {
 fn run_cell(cell: Cell, base_seed: u64) {
     let only = std::env::var("NETSTACK_CELL").ok();
     let seed = seed_from_env(base_seed);
+    let mut threads = vec![];
     for (i, (v6, active)) in [(false, true), (false, false), (true, true), (true, false)]
         .into_iter()
         .enumerate()
@@ -170,7 +244,18 @@ fn run_cell(cell: Cell, base_seed: u64) {
         } else {
             seed.wrapping_add(i as u64)
         };
-        transfer(cell, v6, active, s, bytes());
+        // The four connections of a cell run at once, each in its own namespace: lossy cells
+        // mostly wait on timers, so this keeps the wall time down on two cores.
+        threads.push(std::thread::spawn(move || transfer(cell, v6, active, s, bytes())));
+    }
+    let mut failed = vec![];
+    for t in threads {
+        if let Err(e) = t.join() {
+            failed.push(e);
+        }
+    }
+    if let Some(e) = failed.pop() {
+        std::panic::resume_unwind(e);
     }
 }
 

@@ -166,6 +166,9 @@ pub struct Tcb {
     recover: u32,
     high_rxt: u32,
     rexmit_una: bool,
+    /// SND.MAX when the current retransmission pass started: SACKs well beyond it while holes
+    /// we retransmitted are still open mean those retransmissions were lost too.
+    rxt_mark: Option<u32>,
     ca_acked: u32,
     sb: Scoreboard,
     last_rto_una: Option<u32>,
@@ -251,6 +254,7 @@ impl Tcb {
             recover: iss,
             high_rxt: iss,
             rexmit_una: false,
+            rxt_mark: None,
             ca_acked: 0,
             sb: Scoreboard::new(),
             last_rto_una: None,
@@ -714,6 +718,7 @@ impl Tcb {
         {
             self.on_dup_ack(now);
         }
+        self.sack_loss_checks();
         // Persist: a zero window with data waiting and nothing in flight (§3.13).
         self.update_persist(now);
         true
@@ -844,22 +849,65 @@ impl Tcb {
             }
             return;
         }
-        let lost_by_sack = self.sack_enabled && self.sb.lost_boundary(3 * smss).is_some();
+        let lost_by_sack = false; // checked for every ACK in sack_loss_checks
         // RFC 6582 §3.2: only a "high" ACK (beyond `recover`) starts a new recovery.
         let high = seq::gt(self.snd_una, self.recover) || self.recover == self.snd_una;
         if (self.dup_acks >= 3 || lost_by_sack) && (high || self.sack_enabled) {
-            self.in_recovery = true;
-            self.stats.fast_recoveries += 1;
-            self.recover = self.snd_max;
-            self.ssthresh = (self.flight() / 2).max(2 * smss);
-            self.cwnd = if self.sack_enabled {
-                self.ssthresh
-            } else {
-                self.ssthresh + 3 * smss
-            };
-            self.high_rxt = self.snd_una;
-            self.rexmit_una = true;
-            self.timing = None;
+            self.enter_recovery();
+        }
+    }
+
+    /// Fast retransmit / fast recovery entry (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
+    fn enter_recovery(&mut self) {
+        let smss = u32::from(self.eff_mss());
+        self.in_recovery = true;
+        self.stats.fast_recoveries += 1;
+        self.recover = self.snd_max;
+        self.ssthresh = (self.flight() / 2).max(2 * smss);
+        self.cwnd = if self.sack_enabled {
+            self.ssthresh
+        } else {
+            self.ssthresh + 3 * smss
+        };
+        self.high_rxt = self.snd_una;
+        self.rxt_mark = Some(self.snd_max);
+        self.rexmit_una = true;
+        self.timing = None;
+    }
+
+    /// SACK-based checks after every ACK: start recovery when the scoreboard shows loss
+    /// (RFC 6675 IsLost, also on ACKs that advance SND.UNA), and detect lost retransmissions.
+    fn sack_loss_checks(&mut self) {
+        if !self.sack_enabled || self.snd_una == self.snd_max {
+            return;
+        }
+        let smss = u32::from(self.eff_mss());
+        if !self.in_recovery {
+            if self.sb.lost_boundary(3 * smss).is_some() && seq::ge(self.snd_una, self.recover) {
+                self.enter_recovery();
+            }
+            return;
+        }
+        if let (Some(mark), Some(top)) = (self.rxt_mark, self.sb.highest()) {
+            let beyond: u32 = self
+                .sb
+                .ranges()
+                .iter()
+                .filter(|r| seq::gt(r.1, mark))
+                .map(|&(s, e)| seq::dist(seq::max(s, mark), e))
+                .sum();
+            let hole_retransmitted = self
+                .sb
+                .next_hole(self.snd_una, self.high_rxt)
+                .is_some();
+            if beyond >= 3 * smss && seq::gt(top, mark) && hole_retransmitted {
+                // Lost retransmission: a new pass over the holes, one more reduction.
+                self.high_rxt = self.snd_una;
+                self.rxt_mark = Some(self.snd_max);
+                self.ssthresh = (self.cwnd / 2).max(2 * smss);
+                self.cwnd = self.ssthresh;
+                self.stats.fast_recoveries += 1;
+            }
         }
     }
 

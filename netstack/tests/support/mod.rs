@@ -54,7 +54,8 @@ pub fn our_ip(v6: bool) -> IpAddr {
 pub fn test_engine_config(seed: u64) -> EngineConfig {
     let mut c = EngineConfig::new(OUR_MAC, Some(GUEST_IPV4), Some(GUEST_IPV6));
     c.seed = seed;
-    c.tcp.min_rto = Duration::from_millis(20);
+    c.tcp.min_rto = Duration::from_millis(5);
+    c.tcp.delayed_ack = Duration::from_millis(5);
     c.tcp.initial_rto = Duration::from_millis(300);
     c.tcp.time_wait = Duration::from_millis(500);
     c.tcp.send_buffer = 4 << 20;
@@ -120,7 +121,7 @@ impl Rig {
             topo.ns
                 .ip(&[
                     fam, "route", "replace", r, "dev", "tap0", "proto", "kernel", "metric", metric,
-                    "rto_min", "20ms",
+                    "rto_min", "5ms", "quickack", "1",
                 ])
                 .expect("set rto_min on the peer's route");
         }
@@ -184,6 +185,12 @@ impl Rig {
         }
         self.flush_engine(now);
         self.wait(max_wait);
+    }
+
+    /// Send whatever the engine has queued right now.
+    pub fn flush_pending(&mut self) {
+        let now = self.now();
+        self.flush_engine(now);
     }
 
     fn flush_engine(&mut self, now: Instant) {
@@ -250,7 +257,10 @@ impl Rig {
                 self.engine.stats(),
                 self.up.stats(),
                 self.down.stats(),
-                &self.events[self.events.len().saturating_sub(10)..]
+                self.events
+                    .iter()
+                    .filter(|e| !matches!(e, Event::Readable(_) | Event::Writable(_)))
+                    .collect::<Vec<_>>()
             );
             self.pump(Duration::from_millis(5));
         }
