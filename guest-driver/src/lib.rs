@@ -9,8 +9,11 @@
 //! - [`ndis`]: NDIS's shapes (block lists, NBL chains, handler tables, the NDIS services);
 //! - [`miniport`]: the chimney miniport on top of all of it.
 extern crate alloc;
+#[cfg(feature = "linux-uio")]
+extern crate std;
 
 pub mod control;
+pub mod linux;
 pub mod miniport;
 pub mod ndis;
 pub mod nic;

@@ -1,0 +1,510 @@
+//! The system half of the Linux guest userspace binding: a virtio-net PCI function bound to
+//! `uio_pci_generic`, driven from userspace (DESIGN.md: vfio no-IOMMU is not built into
+//! Debian's cloud kernel).
+//!
+//! - BARs: `mmap` of `/sys/bus/pci/devices/<bdf>/resource<N>`;
+//! - DMA memory: one 2 MiB hugetlb mapping, locked and populated, physically contiguous;
+//!   its bus address from `/proc/self/pagemap` (needs CAP_SYS_ADMIN, i.e. root) and
+//!   checked page by page;
+//! - interrupts: `/dev/uioN` (a read returns the interrupt count; writing the command
+//!   register through sysfs `config` re-enables INTx, as uio_pci_generic expects);
+//! - the virtio 1.x init sequence on the common configuration structure.
+//!
+//! Exercised for real inside the QEMU guest (issue about QEMU); the parsing pieces are
+//! unit-tested without a VM (`tests/linux_pieces.rs`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::string::{String, ToString};
+use std::sync::Mutex;
+use std::time::Duration;
+use std::vec::Vec;
+
+use super::pagemap;
+use super::pci::{parse_resource, PciError, VirtioPciLayout, VirtioRegion};
+use crate::platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
+
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// virtio 1.x common configuration offsets (§4.1.4.3).
+pub mod common {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0C;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1A;
+    pub const QUEUE_ENABLE: u64 = 0x1C;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1E;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+}
+
+/// Device status bits (§2.1).
+pub mod device_status {
+    pub const ACKNOWLEDGE: u8 = 1;
+    pub const DRIVER: u8 = 2;
+    pub const DRIVER_OK: u8 = 4;
+    pub const FEATURES_OK: u8 = 8;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UioError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    #[error(transparent)]
+    Pagemap(#[from] pagemap::PagemapError),
+    #[error("BAR{0} is not a memory BAR with a sysfs resource file")]
+    NoBar(u8),
+    #[error("{region} region {offset:#x}+{len} is outside BAR{bar} ({size} bytes)")]
+    OutsideBar {
+        region: &'static str,
+        bar: u8,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("DMA memory is not physically contiguous at page {page}")]
+    NotContiguous { page: usize },
+    #[error("the device refused FEATURES_OK (features {0:#x})")]
+    FeaturesRefused(u64),
+    #[error("queue {0} does not exist on the device")]
+    NoQueue(u16),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UioError {
+    let what = what.into();
+    move |source| UioError::Io { what, source }
+}
+
+/// An mmap'ed BAR.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is device memory / locked memory owned by this value; accesses go
+// through volatile reads/writes at bounds-checked offsets.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from a successful mmap and are unmapped once.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+impl Mapping {
+    fn map(file: &File, len: usize, flags: libc::c_int) -> Result<Mapping, UioError> {
+        // SAFETY: a fresh shared mapping of a file we opened; checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(UioError::Io {
+                what: "mmap".to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn check(&self, off: u64, n: usize) -> Option<usize> {
+        let off = usize::try_from(off).ok()?;
+        (off.checked_add(n)? <= self.len).then_some(off)
+    }
+
+    fn read<T: Copy>(&self, off: u64) -> Option<T> {
+        let o = self.check(off, core::mem::size_of::<T>())?;
+        // SAFETY: in bounds (checked); device registers are naturally aligned per spec.
+        Some(unsafe { core::ptr::read_volatile(self.ptr.add(o).cast::<T>()) })
+    }
+
+    fn write<T: Copy>(&self, off: u64, v: T) -> Option<()> {
+        let o = self.check(off, core::mem::size_of::<T>())?;
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::write_volatile(self.ptr.add(o).cast::<T>(), v) };
+        Some(())
+    }
+}
+
+/// A virtio-net function under uio_pci_generic, as the miniport's [`Platform`].
+pub struct UioPlatform {
+    sysfs: PathBuf,
+    layout: VirtioPciLayout,
+    bars: Vec<Option<Mapping>>,
+    dma: Mapping,
+    dma_bus: u64,
+    next_free: Mutex<usize>,
+    uio: File,
+    notify_offsets: Mutex<Vec<Option<u64>>>,
+}
+
+impl core::fmt::Debug for UioPlatform {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("UioPlatform")
+            .field("sysfs", &self.sysfs)
+            .field("layout", &self.layout)
+            .field("dma_bus", &self.dma_bus)
+            .finish()
+    }
+}
+
+impl UioPlatform {
+    /// Open PCI function `bdf` (e.g. `0000:00:03.0`), already bound to uio_pci_generic as
+    /// `/dev/uio<uio_index>`.
+    pub fn open(bdf: &str, uio_index: u32) -> Result<Self, UioError> {
+        let sysfs = PathBuf::from("/sys/bus/pci/devices").join(bdf);
+        let mut config = Vec::new();
+        File::open(sysfs.join("config"))
+            .and_then(|mut f| f.read_to_end(&mut config))
+            .map_err(io("read PCI config"))?;
+        let layout = VirtioPciLayout::parse(&config)?;
+        let resource =
+            std::fs::read_to_string(sysfs.join("resource")).map_err(io("read resource"))?;
+        let res = parse_resource(&resource)?;
+        let mut bars = Vec::new();
+        for (i, r) in res.iter().take(6).enumerate() {
+            let needed = [layout.common, layout.notify, layout.isr]
+                .iter()
+                .chain(layout.device_cfg.iter())
+                .any(|g| usize::from(g.bar) == i);
+            bars.push(match (r, needed) {
+                (Some(super::pci::Resource { size, .. }), true) => {
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(sysfs.join(std::format!("resource{i}")))
+                        .map_err(io(std::format!("open resource{i}")))?;
+                    let len = usize::try_from(*size).map_err(|_| UioError::NoBar(i as u8))?;
+                    Some(Mapping::map(&f, len, libc::MAP_SHARED)?)
+                }
+                _ => None,
+            });
+        }
+        let me = |r: VirtioRegion, name| -> Result<(), UioError> {
+            let size = bars
+                .get(usize::from(r.bar))
+                .and_then(|b| b.as_ref())
+                .ok_or(UioError::NoBar(r.bar))?
+                .len as u64;
+            if u64::from(r.offset) + u64::from(r.length) > size {
+                return Err(UioError::OutsideBar {
+                    region: name,
+                    bar: r.bar,
+                    offset: u64::from(r.offset),
+                    len: u64::from(r.length),
+                    size,
+                });
+            }
+            Ok(())
+        };
+        me(layout.common, "common")?;
+        me(layout.notify, "notify")?;
+        me(layout.isr, "isr")?;
+        let (dma, dma_bus) = Self::dma_memory()?;
+        let uio = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(std::format!("/dev/uio{uio_index}"))
+            .map_err(io("open /dev/uioN"))?;
+        Ok(UioPlatform {
+            sysfs,
+            layout,
+            bars,
+            dma,
+            dma_bus,
+            next_free: Mutex::new(0),
+            uio,
+            notify_offsets: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// One locked 2 MiB huge page and its bus address, checked contiguous page by page.
+    fn dma_memory() -> Result<(Mapping, u64), UioError> {
+        // SAFETY: anonymous mapping, checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                HUGE_PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_HUGETLB
+                    | libc::MAP_LOCKED
+                    | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(UioError::Io {
+                what: "mmap 2 MiB hugetlb DMA memory (set /proc/sys/vm/nr_hugepages)".to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let m = Mapping {
+            ptr: ptr.cast(),
+            len: HUGE_PAGE,
+        };
+        let mut pm = File::open("/proc/self/pagemap").map_err(io("open pagemap"))?;
+        let page = 4096u64;
+        let base_v = m.ptr as u64;
+        let mut base_p = 0;
+        for i in 0..(HUGE_PAGE as u64 / page) {
+            let v = base_v + i * page;
+            let mut b = [0u8; pagemap::ENTRY_LEN];
+            pm.seek(SeekFrom::Start(pagemap::entry_offset(v, page)?))
+                .and_then(|_| pm.read_exact(&mut b))
+                .map_err(io("read pagemap"))?;
+            let p = pagemap::physical_address(v, pagemap::entry_from_bytes(b), page)?;
+            if i == 0 {
+                base_p = p;
+            } else if p != base_p + i * page {
+                return Err(UioError::NotContiguous { page: i as usize });
+            }
+        }
+        Ok((m, base_p))
+    }
+
+    fn common(&self) -> &Mapping {
+        // open() checked that the common BAR is mapped.
+        self.bars[usize::from(self.layout.common.bar)]
+            .as_ref()
+            .expect("common BAR mapped in open()")
+    }
+
+    fn c_off(&self, reg: u64) -> u64 {
+        u64::from(self.layout.common.offset) + reg
+    }
+
+    /// virtio 1.x init up to FEATURES_OK: reset, ACKNOWLEDGE, DRIVER, negotiate `wanted`
+    /// ∩ offered. Returns the negotiated features.
+    pub fn negotiate(&self, wanted: u64) -> Result<u64, UioError> {
+        use device_status::*;
+        let c = self.common();
+        let st = self.c_off(common::DEVICE_STATUS);
+        let bad = || UioError::NoBar(self.layout.common.bar);
+        c.write::<u8>(st, 0).ok_or_else(bad)?;
+        while c.read::<u8>(st).ok_or_else(bad)? != 0 {
+            std::thread::yield_now();
+        }
+        c.write::<u8>(st, ACKNOWLEDGE).ok_or_else(bad)?;
+        c.write::<u8>(st, ACKNOWLEDGE | DRIVER).ok_or_else(bad)?;
+        let mut offered = 0u64;
+        for sel in 0..2u32 {
+            c.write(self.c_off(common::DEVICE_FEATURE_SELECT), sel)
+                .ok_or_else(bad)?;
+            offered |= u64::from(
+                c.read::<u32>(self.c_off(common::DEVICE_FEATURE))
+                    .ok_or_else(bad)?,
+            ) << (32 * sel);
+        }
+        let features = offered & wanted;
+        for sel in 0..2u32 {
+            c.write(self.c_off(common::DRIVER_FEATURE_SELECT), sel)
+                .ok_or_else(bad)?;
+            c.write(
+                self.c_off(common::DRIVER_FEATURE),
+                (features >> (32 * sel)) as u32,
+            )
+            .ok_or_else(bad)?;
+        }
+        c.write::<u8>(st, ACKNOWLEDGE | DRIVER | FEATURES_OK)
+            .ok_or_else(bad)?;
+        if c.read::<u8>(st).ok_or_else(bad)? & FEATURES_OK == 0 {
+            return Err(UioError::FeaturesRefused(features));
+        }
+        Ok(features)
+    }
+
+    /// Program queue `index` with the ring addresses of a driver [`crate::Virtqueue`] and
+    /// enable it; remembers its doorbell for `notify`.
+    pub fn setup_queue(
+        &self,
+        index: u16,
+        size: u16,
+        rings: crate::RingAddresses,
+    ) -> Result<(), UioError> {
+        let c = self.common();
+        let bad = || UioError::NoBar(self.layout.common.bar);
+        if index
+            >= c.read::<u16>(self.c_off(common::NUM_QUEUES))
+                .ok_or_else(bad)?
+        {
+            return Err(UioError::NoQueue(index));
+        }
+        c.write(self.c_off(common::QUEUE_SELECT), index)
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_SIZE), size)
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_MSIX_VECTOR), 0xFFFFu16)
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_DESC), rings.desc_table)
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_DRIVER), rings.avail_ring)
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_DEVICE), rings.used_ring)
+            .ok_or_else(bad)?;
+        let off: u16 = c
+            .read(self.c_off(common::QUEUE_NOTIFY_OFF))
+            .ok_or_else(bad)?;
+        c.write(self.c_off(common::QUEUE_ENABLE), 1u16)
+            .ok_or_else(bad)?;
+        let mut n = self
+            .notify_offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if n.len() <= usize::from(index) {
+            n.resize(usize::from(index) + 1, None);
+        }
+        n[usize::from(index)] = self.layout.notify_offset(off);
+        Ok(())
+    }
+
+    /// Set DRIVER_OK: the device may use the queues.
+    pub fn driver_ok(&self) -> Result<(), UioError> {
+        use device_status::*;
+        let st = self.c_off(common::DEVICE_STATUS);
+        self.common()
+            .write::<u8>(st, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+            .ok_or(UioError::NoBar(self.layout.common.bar))
+    }
+
+    fn dma_offset(&self, addr: u64, len: usize) -> Result<usize, PlatformError> {
+        let bad = PlatformError::BadAddress { addr, len };
+        let off = addr.checked_sub(self.dma_bus).ok_or(bad)?;
+        let off = usize::try_from(off).map_err(|_| bad)?;
+        (off.checked_add(len).ok_or(bad)? <= self.dma.len)
+            .then_some(off)
+            .ok_or(bad)
+    }
+
+    /// uio_pci_generic masks INTx after each interrupt: clear PCI_COMMAND bit 10
+    /// (INTx disable) through sysfs config to take the next one.
+    fn unmask_intx(&self) -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.sysfs.join("config"))?;
+        let mut cmd = [0u8; 2];
+        f.seek(SeekFrom::Start(4))?;
+        f.read_exact(&mut cmd)?;
+        let v = u16::from_le_bytes(cmd) & !(1 << 10);
+        f.seek(SeekFrom::Start(4))?;
+        f.write_all(&v.to_le_bytes())
+    }
+}
+
+impl Platform for UioPlatform {
+    fn alloc_dma(&self, len: usize, align: usize) -> Result<DmaRegion, PlatformError> {
+        let oom = PlatformError::OutOfMemory { wanted: len, align };
+        if !align.is_power_of_two() {
+            return Err(oom);
+        }
+        let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let start = next.checked_add(align - 1).ok_or(oom)? & !(align - 1);
+        let end = start.checked_add(len).ok_or(oom)?;
+        if end > self.dma.len {
+            return Err(oom);
+        }
+        *next = end;
+        // The mapping came zeroed from the kernel and is never handed out twice.
+        Ok(DmaRegion {
+            addr: self.dma_bus + start as u64,
+            len,
+        })
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        let off = self.dma_offset(addr, buf.len())?;
+        // SAFETY: in bounds of the locked mapping (dma_offset).
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.dma.ptr.add(off), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        let off = self.dma_offset(addr, data.len())?;
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.ptr.add(off), data.len()) };
+        Ok(())
+    }
+
+    fn read_u16(&self, addr: u64) -> Result<u16, PlatformError> {
+        let off = self.dma_offset(addr, 2)?;
+        Ok(self.dma.read::<u16>(off as u64).unwrap_or(0))
+    }
+
+    fn write_u16(&self, addr: u64, value: u16) -> Result<(), PlatformError> {
+        let off = self.dma_offset(addr, 2)?;
+        self.dma
+            .write::<u16>(off as u64, value)
+            .ok_or(PlatformError::BadAddress { addr, len: 2 })
+    }
+
+    fn notify(&self, queue: u16) -> Result<(), PlatformError> {
+        let n = self
+            .notify_offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let off = n
+            .get(usize::from(queue))
+            .copied()
+            .flatten()
+            .ok_or(PlatformError::Notify { queue })?;
+        self.bars[usize::from(self.layout.notify.bar)]
+            .as_ref()
+            .and_then(|b| b.write::<u16>(off, queue))
+            .ok_or(PlatformError::Notify { queue })
+    }
+
+    fn wait(&self, queue: u16, timeout: Duration) -> Result<WaitOutcome, PlatformError> {
+        self.unmask_intx()
+            .map_err(|_| PlatformError::Wait { queue })?;
+        let mut pfd = libc::pollfd {
+            fd: self.uio.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match r {
+            0 => Ok(WaitOutcome::TimedOut),
+            r if r > 0 => {
+                let mut count = [0u8; 4];
+                (&self.uio)
+                    .read_exact(&mut count)
+                    .map_err(|_| PlatformError::Wait { queue })?;
+                Ok(WaitOutcome::Signalled)
+            }
+            _ => Err(PlatformError::Wait { queue }),
+        }
+    }
+}
