@@ -49,6 +49,11 @@ pub mod tcp_event {
     pub const DISCONNECT: u32 = 2;
     pub const RETRIEVE: u32 = 3;
     pub const ABORT: u32 = 4;
+    /// Device-private (not an NDIS event type): the send data not yet acknowledged and the
+    /// buffered receive data of a TCP object being terminated, raised just before the
+    /// terminate completion (payload: [`crate::data_io::emit_upload_data`]). The driver
+    /// hands it to the host stack with the returned delegated state (C-112, C-116).
+    pub const UPLOAD_DATA: u32 = 0x8000_0001;
 }
 
 /// `TCP_UPLOAD_REASON`.
@@ -87,6 +92,35 @@ pub struct Event {
 }
 
 impl Event {
+    /// A TCP object's event (`NdisTcpOffloadEventHandler`, §4.1); sequence set by the ring.
+    pub fn tcp(handle: DeviceHandle, host_context: u64, code: u32, info: u32) -> Event {
+        Event {
+            sequence: 0,
+            class: EventClass::TcpEvent,
+            status: NdisStatus::SUCCESS,
+            handle: Some(handle),
+            host_context,
+            code,
+            info,
+            payload: Vec::new(),
+        }
+    }
+
+    /// An adapter-wide status indication (§4.3): UPLOAD_ALL, OFFLOAD_PAUSE, OFFLOAD_RESUME
+    /// (payload: `NDIS_TCP_CONNECTION_OFFLOAD` for RESUME).
+    pub fn status(status: NdisStatus, payload: Vec<u8>) -> Event {
+        Event {
+            sequence: 0,
+            class: EventClass::StatusIndication,
+            status,
+            handle: None,
+            host_context: 0,
+            code: 0,
+            info: 0,
+            payload,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::new();
         RecordHeader {

@@ -19,6 +19,7 @@ extern crate alloc;
 
 pub mod caps;
 pub mod completion;
+pub mod data_io;
 pub mod error;
 pub mod event;
 pub mod framing;
@@ -34,6 +35,7 @@ pub use caps::{OffloadParameters, TcpConnectionOffload};
 pub use completion::{
     BlockResult, Completion, CompletionBody, ErrorInfo, NegotiateResult, RxRecord,
 };
+pub use data_io::{DataRecord, DataRequest, DataRxKind, TcpData};
 pub use error::{DecodeError, Field};
 pub use event::{Event, EventClass};
 pub use framing::{Reassembler, MIN_RX_BUFFER};

@@ -10,7 +10,9 @@
 //! ```
 
 use crate::caps::OffloadParameters;
+use crate::data_io::{emit_trailer, parse_trailer, TcpData};
 use crate::error::{DecodeError, Field};
+use crate::state::ObjectState;
 use crate::tree::{InitiateBlock, RefBlock, TerminateBlock, Tree, UpdateBlock};
 use crate::view::RequestHeaderView;
 use crate::wire::{Rd, Wr};
@@ -149,9 +151,32 @@ impl Request {
         w
     }
 
+    /// Encode an INITIATE whose TCP blocks carry send and buffered receive data in the
+    /// data trailer after the tree ([`crate::data_io::emit_trailer`], C-054..C-059). Other
+    /// requests, and an empty `data`, encode as [`Request::encode`].
+    pub fn encode_with_data(&self, data: &[TcpData]) -> Vec<u8> {
+        let mut w = self.encode();
+        if matches!(self.body, RequestBody::Initiate(_)) && !data.is_empty() {
+            emit_trailer(&mut w, data);
+            let len = w.len() as u32;
+            w[4..8].copy_from_slice(&len.to_le_bytes());
+        }
+        w
+    }
+
+    /// As [`Request::decode`], but an INITIATE may end with a data trailer naming its new
+    /// TCP blocks; the trailer's entries are returned beside the request.
+    pub fn decode_with_data(bytes: &[u8]) -> Result<(Self, Vec<TcpData>), RequestError> {
+        Self::decode_inner(bytes, true)
+    }
+
     /// Decode and validate a whole request record (exactly `header.length` bytes; the
     /// buffer may not be shorter, and bytes after the record are refused).
     pub fn decode(bytes: &[u8]) -> Result<Self, RequestError> {
+        Self::decode_inner(bytes, false).map(|(r, _)| r)
+    }
+
+    fn decode_inner(bytes: &[u8], with_data: bool) -> Result<(Self, Vec<TcpData>), RequestError> {
         let header = RequestHeader::decode(bytes).map_err(|error| RequestError {
             header: None,
             error,
@@ -174,7 +199,7 @@ impl Request {
             })
         })?;
         let mut r = Rd::new(&bytes[REQUEST_HEADER_LEN..]);
-        let body = (|| -> Result<RequestBody, DecodeError> {
+        let body = (|| -> Result<(RequestBody, Vec<TcpData>), DecodeError> {
             let body = match opcode {
                 Opcode::Negotiate => {
                     let min_version = r.u16("negotiate.min_version")?;
@@ -197,13 +222,27 @@ impl Request {
                 Opcode::Invalidate => RequestBody::Invalidate(Tree::parse(&mut r)?),
                 Opcode::Terminate => RequestBody::Terminate(Tree::parse(&mut r)?),
             };
+            if let (true, RequestBody::Initiate(t)) = (with_data && r.remaining() > 0, &body) {
+                let rest = r.take(r.remaining(), "trailer")?;
+                let is_tcp_new = |b: u32| {
+                    matches!(
+                        t.blocks.get(b as usize).map(|b| &b.body),
+                        Some(InitiateBlock::New(ObjectState::Tcp(_)))
+                    )
+                };
+                let data = parse_trailer(rest, is_tcp_new)?;
+                return Ok((body, data));
+            }
             r.finish("header.length")?;
-            Ok(body)
+            Ok((body, Vec::new()))
         })()
         .map_err(fail)?;
-        Ok(Request {
-            request_id: header.request_id,
-            body,
-        })
+        Ok((
+            Request {
+                request_id: header.request_id,
+                body: body.0,
+            },
+            body.1,
+        ))
     }
 }
