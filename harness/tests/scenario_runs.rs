@@ -1,0 +1,113 @@
+//! Scenarios through the real device (root: namespace, TAP): the library's control-plane
+//! scenarios pass, the data-path ones are reported unsupported (never passed), and a
+//! scenario expecting the wrong status fails with a message a newcomer understands.
+
+use std::path::Path;
+
+use chimney_harness::scenario::{self, format, run_scenario, Outcome, RunOptions, StepOutcome};
+
+fn opts() -> RunOptions {
+    let seed = std::env::var("CHIMNEY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (replay with CHIMNEY_SEED={seed})");
+    RunOptions {
+        seed,
+        ..RunOptions::default()
+    }
+}
+
+#[test]
+fn library_control_scenarios_pass_and_data_scenarios_are_reported_unsupported() {
+    let opts = opts();
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let files = format::discover(&[lib]).expect("library listed");
+    let mut problems = Vec::new();
+    for f in &files {
+        let sc = scenario::load(f).expect("library scenario loads");
+        let r = run_scenario(&sc, &opts);
+        let data = f.components().any(|c| c.as_os_str() == "data");
+        let want = if data { Outcome::Unsupported } else { Outcome::Passed };
+        if r.outcome != want {
+            problems.push(format!(
+                "{}: expected {want:?}, seen {:?}\n{}{}",
+                r.name,
+                r.outcome,
+                r.failure_text(),
+                r.unsupported_text().unwrap_or_default()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn wrong_expected_status_fails_naming_step_item_expected_and_seen() {
+    let text = r#"
+summary = "expects SUCCESS where the device must say OFFLOAD_TCP_ENTRIES"
+verifies = ["C-044"]
+[device]
+max_tcp = 1
+[[step]]
+offload_set = { connections = 1, family = "ipv4" }
+[[step]]
+offload = { blocks = [ { linker = "path4", dependent = 1 }, { new = "tcp", name = "x", local_port = 9000 } ], expect_blocks = ["SUCCESS", "SUCCESS"], verifies = ["C-044"] }
+"#;
+    let sc = scenario::parse(Path::new("wrong-status.toml"), text).expect("parses");
+    let r = run_scenario(&sc, &opts());
+    assert_eq!(r.outcome, Outcome::Failed, "steps: {:?}", r.steps);
+    let msg = r.failure_text();
+    for needle in [
+        "step 2 `offload` (line 8)",
+        "offload block 0: expected status NDIS_STATUS_SUCCESS",
+        "seen NDIS_STATUS_FAILURE",
+        "C-044",
+    ] {
+        assert!(msg.contains(needle), "expected `{needle}` in the failure text:\n{msg}");
+    }
+    assert!(r.replay.contains("--seed"), "no replay command: {}", r.replay);
+}
+
+#[test]
+fn wrong_expected_error_reason_fails_with_both_reasons() {
+    let text = r#"
+summary = "expects the wrong reason for a cycle"
+verifies = ["C-035"]
+[[step]]
+bad_request = { kind = "cycle", expect_error = "LayerOrder", verifies = ["C-035"] }
+"#;
+    let sc = scenario::parse(Path::new("wrong-reason.toml"), text).expect("parses");
+    let r = run_scenario(&sc, &opts());
+    assert_eq!(r.outcome, Outcome::Failed);
+    let msg = r.failure_text();
+    assert!(
+        msg.contains("expected an ERROR completion with reason LayerOrder, seen reason LinkCycle"),
+        "failure text:\n{msg}"
+    );
+}
+
+#[test]
+fn unsupported_step_stops_the_scenario_and_is_not_a_pass() {
+    let text = r#"
+summary = "a data step after a working one"
+verifies = ["C-142"]
+[[step]]
+offload_set = { connections = 1, family = "ipv4" }
+[[step]]
+send = { conn = "tcp0", bytes = 10 }
+[[step]]
+terminate = { objects = "all" }
+"#;
+    let sc = scenario::parse(Path::new("unsupported.toml"), text).expect("parses");
+    let r = run_scenario(&sc, &opts());
+    assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.failure_text());
+    assert!(matches!(r.steps[0].outcome, StepOutcome::Passed(_)), "{:?}", r.steps[0]);
+    match &r.steps[1].outcome {
+        StepOutcome::Unsupported(why) => {
+            assert!(why.contains("unsupported by this device build"), "{why}")
+        }
+        other => panic!("step 2: expected Unsupported, seen {other:?}"),
+    }
+    assert_eq!(r.steps[2].outcome, StepOutcome::NotRun);
+}
