@@ -116,7 +116,11 @@ pub fn transfer_opts(cell: Cell, v6: bool, active: bool, seed: u64, len: u64, mi
             stats = Some(s);
         }
         if let Some(at) = migrate_at {
-            if !migrated && tx.off >= at && rx.n >= at {
+            let in_flight = r
+                .engine
+                .tcb(tx.conn)
+                .is_ok_and(|t| t.snd_max != t.snd_una);
+            if !migrated && tx.off >= at && rx.n >= at && in_flight {
                 // Export mid-transfer with data in flight and unacknowledged; import into a
                 // brand-new engine instance (DESIGN rule 5).
                 let now = r.now();

@@ -720,7 +720,7 @@ impl Tcb {
         }
         self.sack_loss_checks();
         // Persist: a zero window with data waiting and nothing in flight (§3.13).
-        self.update_persist(now);
+        self.update_persist(now, true);
         true
     }
 
@@ -729,10 +729,23 @@ impl Tcb {
         self.send.len() as u32 - sent_data
     }
 
-    fn update_persist(&mut self, now: Tick) {
-        let waiting = self.unsent() > 0 && self.snd_una == self.snd_max;
-        if self.snd_wnd == 0 && waiting {
-            if !self.persist {
+    /// The peer's window is closed, or too small to send into without silly-window
+    /// syndrome (RFC 9293 §3.8.6.2.1): the persist timer runs (§3.13).
+    fn persist_blocked(&self) -> bool {
+        let smss = u32::from(self.eff_mss());
+        let pending = seq::dist(self.snd_una, self.send_end());
+        if pending == 0 || !seq::lt(self.snd_una, self.send_end()) {
+            return false;
+        }
+        let w = self.snd_wnd;
+        w == 0 || (w < smss && w < pending && w < self.max_snd_wnd / 2)
+    }
+
+    /// Persist algorithm of §3.13. `on_ack`: called for an incoming ACK.
+    fn update_persist(&mut self, now: Tick, on_ack: bool) {
+        let blocked = self.persist_blocked();
+        if !self.persist {
+            if blocked && self.snd_nxt == self.snd_una {
                 // Zero-window segment: SndWndProbeCount = 0, Retransmit.Count = 0,
                 // persist = RTO << SndWndProbeCount.
                 self.persist = true;
@@ -740,16 +753,18 @@ impl Tcb {
                 self.rtx_count = 0;
                 self.rtx_deadline = Some(now + self.rto());
             }
-        } else if self.persist && self.snd_wnd > 0 {
-            // A non-zero window ends the algorithm.
+        } else if !blocked {
+            // A usable window ends the algorithm; sending resumes.
             self.persist = false;
             self.snd_wnd_probe_count = 0;
             self.rtx_count = 0;
-            self.rtx_deadline = if self.flight() > 0 {
-                Some(now + self.rto())
-            } else {
-                None
-            };
+            self.rtx_deadline = (self.flight() > 0).then(|| now + self.rto());
+        } else if on_ack {
+            // A zero-window ACK starts the next round.
+            self.snd_wnd_probe_count = self.snd_wnd_probe_count.saturating_add(1);
+            self.rtx_count = 0;
+            let shift = u32::from(self.snd_wnd_probe_count).min(16);
+            self.rtx_deadline = Some(now + (self.rto() << shift).min(self.cfg.max_rto));
         }
     }
 
@@ -1228,17 +1243,23 @@ impl Tcb {
     fn poll_data(&mut self, now: Tick, max_payload: usize) -> Option<OutSegment> {
         let smss = u32::from(self.eff_mss());
         let seg_max = ((max_payload as u32 / smss).max(1)) * smss;
-        // 1. Window probe (persist, §3.13): one byte beyond the zero window.
+        // 1. Window probe (persist, §3.13): one byte beyond a zero window, or what a too-small
+        //    window takes (the SWS override).
         if self.probe_pending {
             self.probe_pending = false;
-            if self.unsent() > 0 || self.snd_una != self.send_end() {
-                let s = self.data_segment(now, self.snd_una, 1, false);
-                let end = self.snd_una.wrapping_add(1);
+            let pending = seq::dist(self.snd_una, self.send_end());
+            if pending > 0 && seq::lt(self.snd_una, self.send_end()) {
+                let len = self.snd_wnd.max(1).min(smss).min(pending);
+                let s = self.data_segment(now, self.snd_una, len, false);
+                let end = self.snd_una.wrapping_add(len);
                 if seq::gt(end, self.snd_max) {
                     self.snd_max = end;
                 }
                 return Some(s);
             }
+        }
+        if self.persist {
+            return None;
         }
         // 2. Loss recovery retransmissions (RFC 6582 / RFC 6675 NextSeg).
         if self.in_recovery || self.rexmit_una {
@@ -1300,8 +1321,8 @@ impl Tcb {
                 .is_some_and(|f| self.snd_nxt.wrapping_add(len) == f)
             && (len > 0 || avail == 0);
         if len == 0 && !fin {
-            if wnd_room == 0 && avail > 0 {
-                self.update_persist(now);
+            if avail > 0 {
+                self.update_persist(now, false);
             }
             return None;
         }
@@ -1537,7 +1558,7 @@ impl Tcb {
             }
             _ => None,
         };
-        t.persist = t.snd_wnd == 0 && t.flight() == 0 && !st.send_data.is_empty() && t.rtx_deadline.is_some();
+        t.persist = t.persist_blocked() && t.snd_nxt == t.snd_una && t.rtx_deadline.is_some();
         t
     }
 

@@ -104,6 +104,8 @@ pub struct Rig {
     pub frames_to_kernel: u64,
     pub frames_from_kernel: u64,
     pub events: Vec<Event>,
+    /// Drop everything in both directions (the peer "vanishes").
+    pub blackhole: bool,
 }
 
 impl Rig {
@@ -140,6 +142,7 @@ impl Rig {
             frames_to_kernel: 0,
             frames_from_kernel: 0,
             events: Vec::new(),
+            blackhole: false,
         }
     }
 
@@ -169,7 +172,9 @@ impl Rig {
                 let _ = p.record(frame);
             }
             self.frames_from_kernel += 1;
-            self.down.push(now, frame);
+            if !self.blackhole {
+                self.down.push(now, frame);
+            }
         }
         let _ = got;
         // Impairment → engine.
@@ -201,6 +206,10 @@ impl Rig {
             assert!(n < 100_000, "engine produced 100000 frames in one poll: {:?}", self.engine.stats());
         }
         while let Some(f) = self.up.pop(now) {
+            if self.blackhole {
+                self.up.recycle(f);
+                continue;
+            }
             if let Some(p) = &self.pcap {
                 let _ = p.record(&f);
             }
@@ -240,7 +249,9 @@ impl Rig {
                 let _ = p.record(frame);
             }
             self.frames_from_kernel += 1;
-            self.down.push(now, frame);
+            if !self.blackhole {
+                self.down.push(now, frame);
+            }
         }
     }
 
@@ -420,4 +431,15 @@ impl Receiver {
     pub fn sha(&self) -> [u8; 32] {
         self.h.clone().finalize().into()
     }
+}
+
+/// Every frame of a pcap file.
+pub fn read_pcap(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let f = std::fs::File::open(path).expect("open pcap");
+    let mut r = pcap_file::pcap::PcapReader::new(f).expect("pcap header");
+    let mut out = vec![];
+    while let Some(p) = r.next_packet() {
+        out.push(p.expect("pcap record").data.into_owned());
+    }
+    out
 }
