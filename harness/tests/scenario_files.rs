@@ -20,28 +20,49 @@ fn error_of(text: &str) -> ScenarioError {
 
 fn assert_error(e: &ScenarioError, line: usize, key: Option<&str>, needle: &str) {
     let shown = e.to_string();
-    assert_eq!(e.line, Some(line), "line: expected {line}, seen {:?} in `{shown}`", e.line);
-    assert_eq!(e.key.as_deref(), key, "key: expected {key:?}, seen {:?} in `{shown}`", e.key);
+    assert_eq!(
+        e.line,
+        Some(line),
+        "line: expected {line}, seen {:?} in `{shown}`",
+        e.line
+    );
+    assert_eq!(
+        e.key.as_deref(),
+        key,
+        "key: expected {key:?}, seen {:?} in `{shown}`",
+        e.key
+    );
     assert!(
         e.message.contains(needle),
         "message: expected it to contain `{needle}`, seen `{}`",
         e.message
     );
-    assert!(shown.starts_with(&format!("t.toml:{line}: ")), "display: `{shown}`");
+    assert!(
+        shown.starts_with(&format!("t.toml:{line}: ")),
+        "display: `{shown}`"
+    );
 }
 
 #[test]
 fn toml_syntax_error_names_the_line() {
-    let e = error_of(&format!("{HEAD}[[step]]\noffload_set = {{ connections = 2\n"));
+    let e = error_of(&format!(
+        "{HEAD}[[step]]\noffload_set = {{ connections = 2\n"
+    ));
     assert_error(&e, 4, None, "");
     assert!(!e.message.is_empty(), "syntax error without a message");
 }
 
 #[test]
 fn unknown_step_is_refused_with_the_known_ones_listed() {
-    let e = error_of(&format!("{HEAD}[[step]]\nofload_set = {{ connections = 2 }}\n"));
+    let e = error_of(&format!(
+        "{HEAD}[[step]]\nofload_set = {{ connections = 2 }}\n"
+    ));
     assert_error(&e, 4, Some("step[0]"), "unknown variant `ofload_set`");
-    assert!(e.message.contains("offload_set"), "known steps not listed: {}", e.message);
+    assert!(
+        e.message.contains("offload_set"),
+        "known steps not listed: {}",
+        e.message
+    );
 }
 
 #[test]
@@ -70,7 +91,12 @@ fn impossible_number_names_the_key_and_the_range() {
     let e = error_of(&format!(
         "{HEAD}[[step]]\nquery = {{ objects = \"all\" }}\n[[step]]\noffload_set = {{ connections = 0 }}\n"
     ));
-    assert_error(&e, 6, Some("step[1].offload_set.connections"), "0 is impossible: 1..=");
+    assert_error(
+        &e,
+        6,
+        Some("step[1].offload_set.connections"),
+        "0 is impossible: 1..=",
+    );
 }
 
 #[test]
@@ -78,13 +104,23 @@ fn unknown_status_name_is_refused() {
     let e = error_of(&format!(
         "{HEAD}[[step]]\noffload_set = {{ connections = 1, expect = \"SUCESS\" }}\n"
     ));
-    assert_error(&e, 4, Some("step[0].offload_set.expect"), "unknown NDIS status `SUCESS`");
+    assert_error(
+        &e,
+        4,
+        Some("step[0].offload_set.expect"),
+        "unknown NDIS status `SUCESS`",
+    );
 }
 
 #[test]
 fn unknown_checklist_item_is_refused() {
     let e = error_of("summary = \"x\"\nverifies = [\"C-235\"]\n[[step]]\nexpect_no_events = {}\n");
-    assert_error(&e, 2, Some("verifies[0]"), "`C-235` is not a checklist item");
+    assert_error(
+        &e,
+        2,
+        Some("verifies[0]"),
+        "`C-235` is not a checklist item",
+    );
 }
 
 #[test]
@@ -92,7 +128,12 @@ fn block_link_out_of_the_tree_is_refused() {
     let e = error_of(&format!(
         "{HEAD}[[step]]\noffload = {{ blocks = [ {{ new = \"neighbor\", name = \"n\", dependent = 3 }} ] }}\n"
     ));
-    assert_error(&e, 4, Some("step[0].offload.blocks[0].dependent"), "3 is impossible");
+    assert_error(
+        &e,
+        4,
+        Some("step[0].offload.blocks[0].dependent"),
+        "3 is impossible",
+    );
 }
 
 #[test]
@@ -110,11 +151,19 @@ fn library() -> PathBuf {
 #[test]
 fn every_library_scenario_loads_and_names_are_unique() {
     let files = format::discover(&[library()]).expect("library listed");
-    assert!(files.len() >= 16, "expected at least 16 scenarios, found {}", files.len());
+    assert!(
+        files.len() >= 16,
+        "expected at least 16 scenarios, found {}",
+        files.len()
+    );
     let mut names = std::collections::BTreeSet::new();
     for f in &files {
         let s = scenario::load(f).unwrap_or_else(|e| panic!("library file refused: {e}"));
-        assert!(names.insert(s.name.clone()), "duplicate scenario name {}", s.name);
+        assert!(
+            names.insert(s.name.clone()),
+            "duplicate scenario name {}",
+            s.name
+        );
         assert!(!s.verifies.is_empty(), "{} verifies nothing", s.name);
     }
 }
@@ -122,14 +171,23 @@ fn every_library_scenario_loads_and_names_are_unique() {
 #[test]
 fn coverage_lists_all_234_items_with_section_totals() {
     let files = format::discover(&[library()]).expect("library listed");
-    let scenarios: Vec<_> = files.iter().map(|f| scenario::load(f).expect("loads")).collect();
+    let scenarios: Vec<_> = files
+        .iter()
+        .map(|f| scenario::load(f).expect("loads"))
+        .collect();
     let text = report::coverage(&scenarios, &checklist::items());
-    let item_lines = text.lines().filter(|l| l.trim_start().starts_with("C-")).count();
+    let item_lines = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("C-"))
+        .count();
     assert_eq!(item_lines, 234, "coverage output should list 234 items");
     assert!(text.contains("6.15"), "section 6.15 missing from totals");
     let total = text.lines().last().unwrap_or_default();
     assert!(total.contains("/234 items verified"), "last line: {total}");
     // The bulk scenario verifies C-009; coverage must say so.
-    let c009 = text.lines().find(|l| l.contains("C-009")).unwrap_or_default();
+    let c009 = text
+        .lines()
+        .find(|l| l.contains("C-009"))
+        .unwrap_or_default();
     assert!(c009.contains("bulk-1024"), "C-009 line: {c009}");
 }

@@ -28,7 +28,11 @@ fn library_control_scenarios_pass_and_data_scenarios_are_reported_unsupported() 
         let sc = scenario::load(f).expect("library scenario loads");
         let r = run_scenario(&sc, &opts);
         let data = f.components().any(|c| c.as_os_str() == "data");
-        let want = if data { Outcome::Unsupported } else { Outcome::Passed };
+        let want = if data {
+            Outcome::Unsupported
+        } else {
+            Outcome::Passed
+        };
         if r.outcome != want {
             problems.push(format!(
                 "{}: expected {want:?}, seen {:?}\n{}{}",
@@ -64,9 +68,16 @@ offload = { blocks = [ { linker = "path4", dependent = 1 }, { new = "tcp", name 
         "seen NDIS_STATUS_FAILURE",
         "C-044",
     ] {
-        assert!(msg.contains(needle), "expected `{needle}` in the failure text:\n{msg}");
+        assert!(
+            msg.contains(needle),
+            "expected `{needle}` in the failure text:\n{msg}"
+        );
     }
-    assert!(r.replay.contains("--seed"), "no replay command: {}", r.replay);
+    assert!(
+        r.replay.contains("--seed"),
+        "no replay command: {}",
+        r.replay
+    );
 }
 
 #[test]
@@ -102,7 +113,11 @@ terminate = { objects = "all" }
     let sc = scenario::parse(Path::new("unsupported.toml"), text).expect("parses");
     let r = run_scenario(&sc, &opts());
     assert_eq!(r.outcome, Outcome::Unsupported, "{}", r.failure_text());
-    assert!(matches!(r.steps[0].outcome, StepOutcome::Passed(_)), "{:?}", r.steps[0]);
+    assert!(
+        matches!(r.steps[0].outcome, StepOutcome::Passed(_)),
+        "{:?}",
+        r.steps[0]
+    );
     match &r.steps[1].outcome {
         StepOutcome::Unsupported(why) => {
             assert!(why.contains("unsupported by this device build"), "{why}")

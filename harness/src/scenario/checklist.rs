@@ -76,10 +76,19 @@ mod tests {
         let items = items();
         let ids: Vec<u16> = items.iter().map(|i| i.id.0).collect();
         let want: Vec<u16> = (1..=234).collect();
-        assert_eq!(ids, want, "embedded checklist: expected C-001..C-234 in order");
-        assert_eq!(items[0].section, "6.1 Registration, capabilities, parameters");
+        assert_eq!(
+            ids, want,
+            "embedded checklist: expected C-001..C-234 in order"
+        );
+        assert_eq!(
+            items[0].section,
+            "6.1 Registration, capabilities, parameters"
+        );
         assert_eq!(items[0].role, "MP");
-        assert_eq!(items[233].section, "6.15 Intermediate drivers (only if an IM/filter is modelled)");
+        assert_eq!(
+            items[233].section,
+            "6.15 Intermediate drivers (only if an IM/filter is modelled)"
+        );
     }
 
     #[test]

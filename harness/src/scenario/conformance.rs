@@ -45,7 +45,13 @@ pub struct Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.step {
-            Some(s) => write!(f, "{} violated during step {}: {}", self.item, s + 1, self.seen),
+            Some(s) => write!(
+                f,
+                "{} violated during step {}: {}",
+                self.item,
+                s + 1,
+                self.seen
+            ),
             None => write!(f, "{} violated: {}", self.item, self.seen),
         }
     }
@@ -158,15 +164,21 @@ impl Monitor {
             if !INITIATE_STATUSES.contains(&r.status) {
                 self.violate(
                     44,
-                    format!("initiate block {i}: status {} is not an initiate status", r.status),
+                    format!(
+                        "initiate block {i}: status {} is not an initiate status",
+                        r.status
+                    ),
                 );
             }
-            let ok = r.status == NdisStatus::SUCCESS
-                || r.status == NdisStatus::OFFLOAD_PARTIAL_SUCCESS;
+            let ok =
+                r.status == NdisStatus::SUCCESS || r.status == NdisStatus::OFFLOAD_PARTIAL_SUCCESS;
             match (roles[i], ok, r.handle.is_some()) {
                 (Role::New, true, false) => self.violate(
                     40,
-                    format!("initiate block {i}: {} but no context (handle) written", r.status),
+                    format!(
+                        "initiate block {i}: {} but no context (handle) written",
+                        r.status
+                    ),
                 ),
                 (Role::New, false, true) | (Role::Linker | Role::Placeholder, _, true) => self
                     .violate(
@@ -280,7 +292,10 @@ impl Monitor {
         if !allowed.contains(&overall) {
             self.violate(
                 item.0,
-                format!("{} completion status {overall}: only SUCCESS or FAILURE", op.name()),
+                format!(
+                    "{} completion status {overall}: only SUCCESS or FAILURE",
+                    op.name()
+                ),
             );
         }
         if results.len() != blocks {
@@ -356,10 +371,7 @@ impl Monitor {
                     cached: c2,
                     ..
                 },
-            ) => (
-                diff(konst, k2),
-                diff(cached, c2),
-            ),
+            ) => (diff(konst, k2), diff(cached, c2)),
             (
                 QueriedState::Path { konst, cached, .. },
                 QueriedState::Path {
@@ -379,7 +391,10 @@ impl Monitor {
             _ => (None, None),
         };
         if let Some(d) = ck {
-            self.violate(23, format!("query block {block}: const variables changed: {d}"));
+            self.violate(
+                23,
+                format!("query block {block}: const variables changed: {d}"),
+            );
         }
         if let Some(d) = cc {
             self.violate(
@@ -394,7 +409,9 @@ impl Monitor {
         if ok && asked && !present {
             self.violate(
                 111,
-                format!("terminate block {block}: SUCCESS but the delegated state was not returned"),
+                format!(
+                    "terminate block {block}: SUCCESS but the delegated state was not returned"
+                ),
             );
         }
         if !asked && present {
@@ -432,7 +449,10 @@ impl Monitor {
                 let Some(h) = h else {
                     self.violate(
                         28,
-                        format!("TCP event {} (code {}) without a connection handle", e.sequence, e.code),
+                        format!(
+                            "TCP event {} (code {}) without a connection handle",
+                            e.sequence, e.code
+                        ),
                     );
                     return;
                 };
@@ -467,9 +487,11 @@ impl Monitor {
                             format!("TcpIndicateRetrieve with upload reason {} (1..=11)", e.info),
                         );
                     }
-                    if let Some(st @ (TcpConnectionState::FinWait1
-                    | TcpConnectionState::FinWait2
-                    | TcpConnectionState::CloseWait)) = k.tcp_state
+                    if let Some(
+                        st @ (TcpConnectionState::FinWait1
+                        | TcpConnectionState::FinWait2
+                        | TcpConnectionState::CloseWait),
+                    ) = k.tcp_state
                     {
                         self.violate(
                             222,
@@ -485,7 +507,10 @@ impl Monitor {
                 if e.code == offload_event::NEIGHBOR_REACHABILITY_IN_DOUBT {
                     self.violate(
                         229,
-                        format!("event {}: NeighborReachabilityInDoubt is reserved", e.sequence),
+                        format!(
+                            "event {}: NeighborReachabilityInDoubt is reserved",
+                            e.sequence
+                        ),
                     );
                 } else if e.code != offload_event::NEIGHBOR_REACHABILITY_QUERY
                     && !e.payload.is_empty()
@@ -517,4 +542,191 @@ fn diff<T: PartialEq + fmt::Debug>(expected: &Option<T>, seen: &Option<T>) -> Op
 /// The model's full state of an object, for `QueriedState::select`.
 pub fn expected_query(ty: chimney_abi::OffloadStateType, model: &ObjectState) -> QueriedState {
     QueriedState::select(ty, model)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Planted faults at the monitor's level: completions and events that break a rule
+    //! must produce exactly the violation of that C-item (device-level planted faults need
+    //! issue 4's policy file).
+    use super::*;
+    use chimney_abi::{DeviceHandle, OffloadStateType};
+
+    fn res(status: NdisStatus, handle: Option<u64>) -> BlockResult<core::convert::Infallible> {
+        BlockResult {
+            state_type: OffloadStateType::Tcp,
+            status,
+            handle: handle.map(DeviceHandle),
+            state: None,
+        }
+    }
+
+    fn items(m: &Monitor) -> Vec<u16> {
+        m.violations.iter().map(|v| v.item.0).collect()
+    }
+
+    fn tcp_event(handle: u64, ctx: u64, code: u32, info: u32) -> Event {
+        Event {
+            sequence: 7,
+            class: EventClass::TcpEvent,
+            status: NdisStatus::SUCCESS,
+            handle: Some(DeviceHandle(handle)),
+            host_context: ctx,
+            code,
+            info,
+            payload: Vec::new(),
+        }
+    }
+
+    fn known(layer: Layer, st: Option<TcpConnectionState>) -> Known {
+        Known {
+            layer,
+            host_context: 0x55,
+            tcp_state: st,
+        }
+    }
+
+    #[test]
+    fn a_conforming_initiate_has_no_violation() {
+        let mut m = Monitor::default();
+        let roles = [Role::New, Role::New, Role::New];
+        let deps = vec![vec![1], vec![2], vec![]];
+        let r = [
+            res(NdisStatus::SUCCESS, Some(1)),
+            res(NdisStatus::OFFLOAD_PARTIAL_SUCCESS, Some(2)),
+            res(NdisStatus::OFFLOAD_TCP_ENTRIES, None),
+        ];
+        m.initiate(&roles, &deps, NdisStatus::SUCCESS, &r);
+        assert!(m.violations.is_empty(), "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn missing_block_status_is_c041() {
+        let mut m = Monitor::default();
+        m.initiate(
+            &[Role::New, Role::New],
+            &[vec![1], vec![]],
+            NdisStatus::SUCCESS,
+            &[res(NdisStatus::SUCCESS, Some(1))],
+        );
+        assert_eq!(items(&m), vec![41]);
+    }
+
+    #[test]
+    fn success_with_a_failed_dependent_is_c042_and_handle_on_failure_is_c040() {
+        let mut m = Monitor::default();
+        let r = [
+            res(NdisStatus::SUCCESS, Some(1)),
+            res(NdisStatus::FAILURE, Some(2)),
+        ];
+        m.initiate(
+            &[Role::New, Role::New],
+            &[vec![1], vec![]],
+            NdisStatus::SUCCESS,
+            &r,
+        );
+        let mut seen = items(&m);
+        seen.sort();
+        assert_eq!(seen, vec![40, 42], "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn linker_status_against_its_dependents_is_c038() {
+        let mut m = Monitor::default();
+        let r = [
+            res(NdisStatus::SUCCESS, None),
+            res(NdisStatus::SUCCESS, Some(2)),
+            res(NdisStatus::FAILURE, None),
+        ];
+        m.initiate(
+            &[Role::Linker, Role::New, Role::New],
+            &[vec![1, 2], vec![], vec![]],
+            NdisStatus::SUCCESS,
+            &r,
+        );
+        assert_eq!(items(&m), vec![38], "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn non_success_placeholder_is_c036() {
+        let mut m = Monitor::default();
+        m.initiate(
+            &[Role::Placeholder],
+            &[vec![]],
+            NdisStatus::FAILURE,
+            &[res(NdisStatus::FAILURE, None)],
+        );
+        assert_eq!(items(&m), vec![36]);
+    }
+
+    #[test]
+    fn query_block_status_other_than_success_or_failure_is_c077() {
+        let mut m = Monitor::default();
+        let r = [BlockResult::<QueriedState> {
+            state_type: OffloadStateType::Tcp,
+            status: NdisStatus::OFFLOAD_PARTIAL_SUCCESS,
+            handle: None,
+            state: None,
+        }];
+        m.reference_op(RefOp::Query, 1, NdisStatus::SUCCESS, &r);
+        assert_eq!(items(&m), vec![77]);
+    }
+
+    #[test]
+    fn event_after_terminate_is_c114() {
+        let mut m = Monitor::default();
+        m.known
+            .insert(9, known(Layer::Tcp, Some(TcpConnectionState::Established)));
+        m.forget(9);
+        m.event(&tcp_event(
+            9,
+            0x55,
+            tcp_event::RETRIEVE,
+            upload_reason::LOW_ACTIVITY,
+        ));
+        assert_eq!(items(&m), vec![114], "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn retrieve_for_a_path_is_c105_and_bad_reason_is_c221() {
+        let mut m = Monitor::default();
+        m.known.insert(3, known(Layer::Path, None));
+        m.event(&tcp_event(3, 0x55, tcp_event::RETRIEVE, 12));
+        let mut seen = items(&m);
+        seen.sort();
+        assert_eq!(seen, vec![105, 221], "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn retrieve_in_close_wait_is_c222_and_wrong_context_is_c028() {
+        let mut m = Monitor::default();
+        m.known
+            .insert(4, known(Layer::Tcp, Some(TcpConnectionState::CloseWait)));
+        m.event(&tcp_event(
+            4,
+            0x99,
+            tcp_event::RETRIEVE,
+            upload_reason::LOW_ACTIVITY,
+        ));
+        let mut seen = items(&m);
+        seen.sort();
+        assert_eq!(seen, vec![28, 222], "seen {:?}", m.violations);
+    }
+
+    #[test]
+    fn reachability_in_doubt_is_reserved_c229() {
+        let mut m = Monitor::default();
+        let e = Event {
+            sequence: 1,
+            class: EventClass::OffloadEvent,
+            status: NdisStatus::SUCCESS,
+            handle: None,
+            host_context: 0,
+            code: offload_event::NEIGHBOR_REACHABILITY_IN_DOUBT,
+            info: 0,
+            payload: Vec::new(),
+        };
+        m.event(&e);
+        assert_eq!(items(&m), vec![229]);
+    }
 }

@@ -663,7 +663,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let key = e.path().to_string();
         let inner = e.into_inner();
         let line = inner.span().map(|s| line_of(text, s.start));
-        let key = (key != "." && !key.is_empty()).then(|| key.replace("step[", "step["));
+        let key = (key != "." && !key.is_empty()).then_some(key);
         err(line, key, inner.message().trim().to_string())
     })?;
     sc.file = path.to_path_buf();
@@ -715,10 +715,18 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
         ));
     }
     if sc.steps.is_empty() {
-        return Err((None, "step".into(), "a scenario needs at least one [[step]]".into()));
+        return Err((
+            None,
+            "step".into(),
+            "a scenario needs at least one [[step]]".into(),
+        ));
     }
     if let Some(0) = sc.device.max_tcp {
-        return Err((None, "device.max_tcp".into(), "0 is impossible: at least 1".into()));
+        return Err((
+            None,
+            "device.max_tcp".into(),
+            "0 is impossible: at least 1".into(),
+        ));
     }
     if let Some(q) = sc.device.queue_pairs {
         if !(2..=256).contains(&q) {
@@ -733,13 +741,13 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
         let k = |f: &str| format!("step[{i}].{}.{f}", step.name());
         let bad = |f: &str, m: String| Err((Some(i), k(f), m));
         match step {
-            Step::OffloadSet { connections, .. } => {
-                if *connections == 0 || *connections as usize > MAX_TCP_OBJECTS {
-                    return bad(
-                        "connections",
-                        format!("{connections} is impossible: 1..={MAX_TCP_OBJECTS}"),
-                    );
-                }
+            Step::OffloadSet { connections, .. }
+                if *connections == 0 || *connections as usize > MAX_TCP_OBJECTS =>
+            {
+                return bad(
+                    "connections",
+                    format!("{connections} is impossible: 1..={MAX_TCP_OBJECTS}"),
+                );
             }
             Step::Offload {
                 blocks,
@@ -856,7 +864,10 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
                 ..
             } => {
                 if reason.is_some() && *kind != EventKind::Retrieve {
-                    return bad("reason", "only `retrieve` events carry an upload reason".into());
+                    return bad(
+                        "reason",
+                        "only `retrieve` events carry an upload reason".into(),
+                    );
                 }
                 if objects.is_some() == count.is_some() {
                     return bad(
@@ -885,21 +896,21 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
                 duplicate,
                 ..
             } => {
-                for (f, v) in [("loss", loss), ("reorder", reorder), ("duplicate", duplicate)] {
+                for (f, v) in [
+                    ("loss", loss),
+                    ("reorder", reorder),
+                    ("duplicate", duplicate),
+                ] {
                     if !(0.0..=1.0).contains(v) {
                         return bad(f, format!("{v} is impossible: a probability in 0.0..=1.0"));
                     }
                 }
             }
-            Step::Send { bytes, .. } | Step::Receive { bytes, .. } => {
-                if *bytes == 0 {
-                    return bad("bytes", "0 is impossible: at least 1 byte".into());
-                }
+            Step::Send { bytes, .. } | Step::Receive { bytes, .. } if *bytes == 0 => {
+                return bad("bytes", "0 is impossible: at least 1 byte".into());
             }
-            Step::Open { port, .. } => {
-                if *port == 0 {
-                    return bad("port", "0 is impossible: 1..=65535".into());
-                }
+            Step::Open { port, .. } if *port == 0 => {
+                return bad("port", "0 is impossible: 1..=65535".into());
             }
             _ => {}
         }

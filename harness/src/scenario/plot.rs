@@ -48,7 +48,12 @@ pub fn parse_tcp(t: Duration, frame: &[u8]) -> Option<Segment> {
             let plen = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
             let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
             let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            (IpAddr::from(s), IpAddr::from(d), 40, (40 + plen).min(ip.len()))
+            (
+                IpAddr::from(s),
+                IpAddr::from(d),
+                40,
+                (40 + plen).min(ip.len()),
+            )
         }
         _ => return None,
     };
@@ -147,11 +152,7 @@ pub fn render(key: &Key, segs: &[Segment], marks: &[(Duration, String)]) -> Stri
         .map(|s| s.t.as_secs_f64())
         .chain(marks.iter().map(|m| m.0.as_secs_f64()))
         .fold(1e-3, f64::max);
-    let ymax = series
-        .iter()
-        .flatten()
-        .map(|p| p.1)
-        .fold(1.0, f64::max);
+    let ymax = series.iter().flatten().map(|p| p.1).fold(1.0, f64::max);
     let x = |t: f64| m + (t / tmax) * (w - 2.0 * m);
     let y = |v: f64| h - m - (v / ymax) * (h - 2.0 * m);
     let mut svg = String::new();
@@ -163,7 +164,11 @@ pub fn render(key: &Key, segs: &[Segment], marks: &[(Duration, String)]) -> Stri
     let _ = writeln!(
         svg,
         r#"<text x="{m}" y="20">{}:{} ⇄ {}:{} — sequence / ACK over time ({} segments)</text>"#,
-        key.0 .0, key.0 .1, key.1 .0, key.1 .1, segs.len()
+        key.0 .0,
+        key.0 .1,
+        key.1 .0,
+        key.1 .1,
+        segs.len()
     );
     let _ = writeln!(
         svg,
@@ -227,13 +232,30 @@ mod tests {
         let mut f = vec![0u8; 14];
         f[12] = 0x08;
         let total = 20 + 20 + len;
-        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        let mut ip = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ];
         let (a, b) = ([192, 0, 2, 2], [192, 0, 2, 1]);
         let (s, d) = if from_guest { (a, b) } else { (b, a) };
         ip.extend_from_slice(&s);
         ip.extend_from_slice(&d);
         f.extend_from_slice(&ip);
-        let (sp, dp) = if from_guest { (40000u16, 5001u16) } else { (5001, 40000) };
+        let (sp, dp) = if from_guest {
+            (40000u16, 5001u16)
+        } else {
+            (5001, 40000)
+        };
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&sp.to_be_bytes());
         tcp.extend_from_slice(&dp.to_be_bytes());
@@ -258,14 +280,25 @@ mod tests {
     fn render_draws_both_directions_and_the_marks() {
         let segs: Vec<Segment> = (0..10)
             .map(|i| {
-                parse_tcp(Duration::from_millis(i), &frame_v4(1000 + 100 * i as u32, 1, 100, i % 2 == 0))
-                    .expect("segment")
+                parse_tcp(
+                    Duration::from_millis(i),
+                    &frame_v4(1000 + 100 * i as u32, 1, 100, i % 2 == 0),
+                )
+                .expect("segment")
             })
             .collect();
         let key = conn_key(&segs[0]);
         let svg = render(&key, &segs, &[(Duration::from_millis(3), "offload".into())]);
-        assert!(svg.starts_with("<svg"), "not an SVG: {}", &svg[..40.min(svg.len())]);
-        assert_eq!(svg.matches("<polyline").count(), 4, "expected 4 series in {svg}");
+        assert!(
+            svg.starts_with("<svg"),
+            "not an SVG: {}",
+            &svg[..40.min(svg.len())]
+        );
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            4,
+            "expected 4 series in {svg}"
+        );
         assert!(svg.contains(">offload</text>"), "offload mark missing");
     }
 }

@@ -40,7 +40,12 @@ pub fn totals(reports: &[ScenarioReport]) -> Totals {
 /// The table printed at the end of `run`, with the failure details and replay commands.
 pub fn summary_table(reports: &[ScenarioReport], master_seed: u64) -> String {
     let mut out = String::new();
-    let wname = reports.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
+    let wname = reports
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     let _ = writeln!(
         out,
         "{:<wname$}  {:<11}  {:>5}  {:>8}  checks",
@@ -76,7 +81,10 @@ pub fn summary_table(reports: &[ScenarioReport], master_seed: u64) -> String {
         .filter(|r| r.outcome == Outcome::Unsupported)
         .collect();
     if !unsupported.is_empty() {
-        let _ = writeln!(out, "\nUNSUPPORTED (not run to the end, not counted as passed):");
+        let _ = writeln!(
+            out,
+            "\nUNSUPPORTED (not run to the end, not counted as passed):"
+        );
         for r in unsupported {
             let _ = writeln!(
                 out,

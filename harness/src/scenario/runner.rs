@@ -13,18 +13,17 @@ use std::time::{Duration, Instant};
 
 use chimney_abi::event::{offload_event, tcp_event};
 use chimney_abi::{
-    Block, CachedState, Completion, CompletionBody, DeviceHandle, Event, EventClass,
-    InitiateBlock, IpVersion, Layer, NdisStatus, ObjectState, OffloadStateType, Reason,
-    RefBlock, Request, RequestBody, StateClass, TcpConnectionState, TerminateBlock, Tree,
-    UpdateBlock,
+    Block, CachedState, Completion, CompletionBody, DeviceHandle, Event, EventClass, InitiateBlock,
+    IpVersion, Layer, NdisStatus, ObjectState, OffloadStateType, Reason, RefBlock, Request,
+    RequestBody, StateClass, TcpConnectionState, TerminateBlock, Tree, UpdateBlock,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::conformance::{Known, Monitor, RefOp, Role, Violation};
 use super::format::{
-    BadRequestKind, BlockSpec, CachedFields, ClassName, EventKind, Family, ItemId, Kind,
-    Scenario, Selector, StatusName, Step,
+    BadRequestKind, BlockSpec, CachedFields, ClassName, EventKind, Family, ItemId, Kind, Scenario,
+    Selector, StatusName, Step,
 };
 use crate::control_session::ControlSession;
 use crate::frontend::{Vmm, VmmConfig};
@@ -137,7 +136,9 @@ impl ScenarioReport {
 
     pub fn unsupported_text(&self) -> Option<String> {
         self.steps.iter().find_map(|s| match &s.outcome {
-            StepOutcome::Unsupported(why) => Some(format!("step {} `{}`: {why}", s.index + 1, s.name)),
+            StepOutcome::Unsupported(why) => {
+                Some(format!("step {} `{}`: {why}", s.index + 1, s.name))
+            }
             _ => None,
         })
     }
@@ -397,7 +398,14 @@ impl World<'_> {
         self.next_context
     }
 
-    fn register(&mut self, name: String, state: ObjectState, handle: DeviceHandle, ctx: u64, parent: Option<usize>) {
+    fn register(
+        &mut self,
+        name: String,
+        state: ObjectState,
+        handle: DeviceHandle,
+        ctx: u64,
+        parent: Option<usize>,
+    ) {
         let tcp_state = match &state {
             ObjectState::Tcp(t) => Some(t.delegated.state),
             _ => None,
@@ -422,13 +430,20 @@ impl World<'_> {
 
     fn name_free(&self, name: &str) -> Result<(), String> {
         if self.objs.iter().any(|o| o.name == name && o.live) {
-            return Err(format!("the name `{name}` is already used by a live object"));
+            return Err(format!(
+                "the name `{name}` is already used by a live object"
+            ));
         }
         Ok(())
     }
 }
 
-fn check_status(what: &str, expected: Option<StatusName>, seen: NdisStatus, items: &[ItemId]) -> Result<(), String> {
+fn check_status(
+    what: &str,
+    expected: Option<StatusName>,
+    seen: NdisStatus,
+    items: &[ItemId],
+) -> Result<(), String> {
     let want = expected.map_or(NdisStatus::SUCCESS, |s| s.0);
     if seen != want {
         return Err(format!(
@@ -621,7 +636,11 @@ fn step_offload_set(
     let mut blocks: Vec<Block<InitiateBlock>> = Vec::new();
     let mut names = Vec::new();
     let nctx = w.fresh_context();
-    blocks.push(block(OffloadStateType::Neighbor, nctx, InitiateBlock::New(ObjectState::Neighbor(set.neighbor))));
+    blocks.push(block(
+        OffloadStateType::Neighbor,
+        nctx,
+        InitiateBlock::New(ObjectState::Neighbor(set.neighbor)),
+    ));
     names.push(Some("neighbor".to_string()));
     let mut path_block = [None, None];
     for (pi, keep) in [keep4, keep6].into_iter().enumerate() {
@@ -632,7 +651,11 @@ fn step_offload_set(
         w.name_free(name)?;
         let ctx = w.fresh_context();
         let idx = blocks.len();
-        blocks.push(block(set.paths[pi].konst_type(), ctx, InitiateBlock::New(ObjectState::Path(set.paths[pi]))));
+        blocks.push(block(
+            set.paths[pi].konst_type(),
+            ctx,
+            InitiateBlock::New(ObjectState::Path(set.paths[pi])),
+        ));
         names.push(Some(name.to_string()));
         link_child(&mut blocks, 0, idx);
         path_block[pi] = Some(idx);
@@ -647,7 +670,11 @@ fn step_offload_set(
         w.name_free(&name)?;
         let ctx = w.fresh_context();
         let idx = blocks.len();
-        blocks.push(block(OffloadStateType::Tcp, ctx, InitiateBlock::New(ObjectState::Tcp(*t))));
+        blocks.push(block(
+            OffloadStateType::Tcp,
+            ctx,
+            InitiateBlock::New(ObjectState::Tcp(*t)),
+        ));
         names.push(Some(name));
         link_child(&mut blocks, pb, idx);
         k += 1;
@@ -658,7 +685,11 @@ fn step_offload_set(
     let (overall, statuses) = initiate(w, Tree { blocks }, roles, names, parents)?;
     check_status("offload_set", expect, overall, items)?;
     if expect.is_none() {
-        if let Some((i, s)) = statuses.iter().enumerate().find(|(_, s)| **s != NdisStatus::SUCCESS) {
+        if let Some((i, s)) = statuses
+            .iter()
+            .enumerate()
+            .find(|(_, s)| **s != NdisStatus::SUCCESS)
+        {
             return Err(format!(
                 "offload_set: expected SUCCESS in every block, block {i} has {s}{}",
                 cite(items)
@@ -737,7 +768,11 @@ fn step_offload(
         } else if let Some(target) = &spec.linker {
             let i = w.find(target)?;
             let o = &w.objs[i];
-            blocks.push(block(o.state.state_type(), o.host_context, InitiateBlock::Linker(o.handle)));
+            blocks.push(block(
+                o.state.state_type(),
+                o.host_context,
+                InitiateBlock::Linker(o.handle),
+            ));
             roles.push(Role::Linker);
             names.push(None);
         } else if let Some(kind) = spec.placeholder {
@@ -758,7 +793,11 @@ fn step_offload(
                 return Err(format!(
                     "offload block {i}: expected status {}, seen {seen} (all blocks seen: {}){}",
                     want.0,
-                    statuses.iter().map(|s| format!("{s}")).collect::<Vec<_>>().join(", "),
+                    statuses
+                        .iter()
+                        .map(|s| format!("{s}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     cite(items)
                 ));
             }
@@ -767,7 +806,19 @@ fn step_offload(
     if expect.is_some() || expect_blocks.is_none() {
         check_status("offload (root block)", expect, overall, items)?;
     }
-    Ok(format!("{} blocks: {}", statuses.len(), statuses.iter().map(|s| s.name().unwrap_or("?").trim_start_matches("NDIS_STATUS_").to_string()).collect::<Vec<_>>().join(", ")))
+    Ok(format!(
+        "{} blocks: {}",
+        statuses.len(),
+        statuses
+            .iter()
+            .map(|s| s
+                .name()
+                .unwrap_or("?")
+                .trim_start_matches("NDIS_STATUS_")
+                .to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 fn step_query(
@@ -779,11 +830,10 @@ fn step_query(
     items: &[ItemId],
 ) -> StepResult {
     let chosen = w.select(sel)?;
-    let (tree, refs) = w.reference_tree(&chosen, |o| match o {
-        Some(i) => (w_ty(i, class), RefBlock::Object(DeviceHandle(0))),
-        None => (OffloadStateType::Neighbor, RefBlock::Placeholder),
-    }, );
-    // Fill handles/types now that we can borrow objs (the closure above only shapes).
+    let (tree, refs) = w.reference_tree(&chosen, |_| {
+        (OffloadStateType::Neighbor, RefBlock::Placeholder)
+    });
+    // The shape is known; now the real types and handles.
     let tree = fix_ref_tree(w, tree, &refs, class);
     let n = tree.blocks.len();
     let c = w.call("query", RequestBody::Query(tree.clone()))?;
@@ -807,7 +857,7 @@ fn step_query(
             }
             continue;
         }
-        let want = QueriedStateSel::of(tree.blocks[b].state_type, &w.objs[*i].state);
+        let want = chimney_abi::QueriedState::select(tree.blocks[b].state_type, &w.objs[*i].state);
         w.monitor.queried(b, &want, &r.state);
         if compare && r.state.as_ref() != Some(&want) {
             return Err(format!(
@@ -818,29 +868,33 @@ fn step_query(
             ));
         }
         // C-222 needs the connection's current state.
-        if let Some(chimney_abi::QueriedState::Tcp { delegated: Some(d), .. }) = &r.state {
+        if let Some(chimney_abi::QueriedState::Tcp {
+            delegated: Some(d), ..
+        }) = &r.state
+        {
             if let Some(k) = w.monitor.known.get_mut(&w.objs[*i].handle.0) {
                 k.tcp_state = Some(d.state);
             }
         }
         compared += 1;
     }
-    Ok(format!("{compared} objects {}", if compare { "match the model" } else { "queried" }))
-}
-
-struct QueriedStateSel;
-impl QueriedStateSel {
-    fn of(ty: OffloadStateType, st: &ObjectState) -> chimney_abi::QueriedState {
-        chimney_abi::QueriedState::select(ty, st)
-    }
-}
-
-fn w_ty(_i: usize, _class: ClassName) -> OffloadStateType {
-    OffloadStateType::Neighbor
+    Ok(format!(
+        "{compared} objects {}",
+        if compare {
+            "match the model"
+        } else {
+            "queried"
+        }
+    ))
 }
 
 /// Put the real types and handles into a reference tree shaped by `reference_tree`.
-fn fix_ref_tree(w: &World<'_>, mut tree: Tree<RefBlock>, refs: &[Option<usize>], class: ClassName) -> Tree<RefBlock> {
+fn fix_ref_tree(
+    w: &World<'_>,
+    mut tree: Tree<RefBlock>,
+    refs: &[Option<usize>],
+    class: ClassName,
+) -> Tree<RefBlock> {
     for (b, r) in tree.blocks.iter_mut().zip(refs) {
         if let Some(i) = r {
             b.state_type = w.objs[*i].ty(class);
@@ -904,7 +958,9 @@ fn step_update(
         apply_cached(&mut st, set)?;
         next.insert(i, st);
     }
-    let (mut tree, refs) = w.reference_tree(&chosen, |_| (OffloadStateType::Neighbor, UpdateBlock::Placeholder));
+    let (mut tree, refs) = w.reference_tree(&chosen, |_| {
+        (OffloadStateType::Neighbor, UpdateBlock::Placeholder)
+    });
     for (b, r) in tree.blocks.iter_mut().zip(&refs) {
         if let Some(i) = r {
             b.state_type = w.objs[*i].ty(ClassName::Cached);
@@ -940,7 +996,9 @@ fn step_invalidate(
     items: &[ItemId],
 ) -> StepResult {
     let chosen = w.select(sel)?;
-    let (tree, refs) = w.reference_tree(&chosen, |_| (OffloadStateType::Neighbor, RefBlock::Placeholder));
+    let (tree, refs) = w.reference_tree(&chosen, |_| {
+        (OffloadStateType::Neighbor, RefBlock::Placeholder)
+    });
     let tree = fix_ref_tree(w, tree, &refs, ClassName::All);
     let n = tree.blocks.len();
     let c = w.call("invalidate", RequestBody::Invalidate(tree))?;
@@ -950,7 +1008,8 @@ fn step_invalidate(
     let CompletionBody::Invalidate(results) = &c.body else {
         return Err(format!("invalidate: unexpected completion {:?}", c.body));
     };
-    w.monitor.reference_op(RefOp::Invalidate, n, c.status, results);
+    w.monitor
+        .reference_op(RefOp::Invalidate, n, c.status, results);
     check_status("invalidate", expect, c.status, items)?;
     Ok(format!("{} objects invalidated", chosen.len()))
 }
@@ -965,7 +1024,9 @@ fn step_terminate(
     items: &[ItemId],
 ) -> StepResult {
     let chosen = w.select(sel)?;
-    let (mut tree, refs) = w.reference_tree(&chosen, |_| (OffloadStateType::Neighbor, TerminateBlock::Placeholder));
+    let (mut tree, refs) = w.reference_tree(&chosen, |_| {
+        (OffloadStateType::Neighbor, TerminateBlock::Placeholder)
+    });
     for (b, r) in tree.blocks.iter_mut().zip(&refs) {
         if let Some(i) = r {
             b.state_type = w.objs[*i].state.state_type();
@@ -976,7 +1037,9 @@ fn step_terminate(
         }
     }
     let n = tree.blocks.len();
-    let c = w.s.call(RequestBody::Terminate(tree)).map_err(|e| format!("terminate: {e}"))?;
+    let c =
+        w.s.call(RequestBody::Terminate(tree))
+            .map_err(|e| format!("terminate: {e}"))?;
     // Events read together with this completion came before it.
     w.drain_events()?;
     if expect_error_or_not("terminate", &c, expect_error, items)? {
@@ -985,20 +1048,22 @@ fn step_terminate(
     let CompletionBody::Terminate(results) = &c.body else {
         return Err(format!("terminate: unexpected completion {:?}", c.body));
     };
-    w.monitor.reference_op(RefOp::Terminate, n, c.status, results);
+    w.monitor
+        .reference_op(RefOp::Terminate, n, c.status, results);
     w.marks.push((w.started.elapsed(), "terminate".into()));
     let mut mismatch = None;
     for (b, r) in results.iter().enumerate() {
         let Some(Some(i)) = refs.get(b) else { continue };
         let ok = r.status == NdisStatus::SUCCESS;
-        w.monitor.terminated_block(b, return_delegated, r.state.is_some(), ok);
+        w.monitor
+            .terminated_block(b, return_delegated, r.state.is_some(), ok);
         if ok {
             let expected = match &w.objs[*i].state {
                 ObjectState::Neighbor(s) => chimney_abi::DelegatedState::Neighbor(s.delegated),
                 ObjectState::Path(s) => chimney_abi::DelegatedState::Path(s.delegated),
                 ObjectState::Tcp(s) => chimney_abi::DelegatedState::Tcp(s.delegated),
             };
-            if compare && return_delegated && r.state != Some(expected.clone()) && mismatch.is_none() {
+            if compare && return_delegated && r.state != Some(expected) && mismatch.is_none() {
                 mismatch = Some(format!(
                     "terminate of `{}` (block {b}): expected delegated state {expected:?}, seen {:?}{}",
                     w.objs[*i].name,
@@ -1031,7 +1096,8 @@ fn event_matches(e: &Event, kind: EventKind, reason: Option<u32>) -> bool {
             e.class == EventClass::TcpEvent && e.code == tcp_event::SEND_BACKLOG_CHANGE
         }
         EventKind::NeighborReachabilityQuery => {
-            e.class == EventClass::OffloadEvent && e.code == offload_event::NEIGHBOR_REACHABILITY_QUERY
+            e.class == EventClass::OffloadEvent
+                && e.code == offload_event::NEIGHBOR_REACHABILITY_QUERY
         }
         EventKind::UploadAll => {
             e.class == EventClass::StatusIndication && e.status == NdisStatus::UPLOAD_ALL
@@ -1078,35 +1144,38 @@ fn step_expect_events(
     let deadline = Instant::now() + w.event_timeout;
     let mut got = 0;
     while got < total {
-        let e = match w.events.pop_front() {
-            Some(e) => e,
-            None => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let p = w.s.platform_arc();
-                match w.s.channel.wait_event(&*p, left) {
-                    Ok(e) => {
-                        w.monitor.event(&e);
-                        e
-                    }
-                    Err(err) => {
-                        return Err(format!(
+        let e =
+            match w.events.pop_front() {
+                Some(e) => e,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let p = w.s.platform_arc();
+                    match w.s.channel.wait_event(&*p, left) {
+                        Ok(e) => {
+                            w.monitor.event(&e);
+                            e
+                        }
+                        Err(err) => {
+                            return Err(format!(
                             "expected {total} {kind:?} event(s){}, seen {got} before giving up \
                              after {:?} ({err}){}",
                             reason.map(|r| format!(" with reason {r}")).unwrap_or_default(),
                             w.event_timeout,
                             cite(items)
                         ))
+                        }
                     }
                 }
-            }
-        };
+            };
         let h = e.handle.map_or(0, |h| h.0);
-        let ok = event_matches(&e, kind, reason)
-            && (objects.is_none() || wanted.remove(&h).is_some());
+        let ok =
+            event_matches(&e, kind, reason) && (objects.is_none() || wanted.remove(&h).is_some());
         if !ok {
             return Err(format!(
                 "expected a {kind:?} event{}{}, seen {}{}",
-                reason.map(|r| format!(" with reason {r}")).unwrap_or_default(),
+                reason
+                    .map(|r| format!(" with reason {r}"))
+                    .unwrap_or_default(),
                 if objects.is_some() {
                     format!(" for one of the {} objects still waiting", wanted.len())
                 } else {
@@ -1132,7 +1201,13 @@ fn step_bad_request(
         Some(n) => Some(w.find(n)?),
         None => None,
     };
-    let tree_req = |body: RequestBody| Request { request_id: 0, body }.encode();
+    let tree_req = |body: RequestBody| {
+        Request {
+            request_id: 0,
+            body,
+        }
+        .encode()
+    };
     let c = match kind {
         BadRequestKind::Cycle => {
             let mut a = block(OffloadStateType::Neighbor, 1, RefBlock::Placeholder);
@@ -1145,28 +1220,48 @@ fn step_bad_request(
             let mut a = block(OffloadStateType::Tcp, 1, RefBlock::Placeholder);
             a.dependent = Some(1);
             let b = block(OffloadStateType::Neighbor, 2, RefBlock::Placeholder);
-            w.call("layer order", RequestBody::Query(Tree { blocks: vec![a, b] }))?
+            w.call(
+                "layer order",
+                RequestBody::Query(Tree { blocks: vec![a, b] }),
+            )?
         }
         BadRequestKind::UnknownHandle => {
             let bogus = DeviceHandle((1u64 << 62) | (0x3FFF_0000u64 << 32) | 0xFFFF);
-            w.call("unknown handle", RequestBody::Query(Tree {
-                blocks: vec![block(OffloadStateType::Neighbor, 1, RefBlock::Object(bogus))],
-            }))?
+            w.call(
+                "unknown handle",
+                RequestBody::Query(Tree {
+                    blocks: vec![block(
+                        OffloadStateType::Neighbor,
+                        1,
+                        RefBlock::Object(bogus),
+                    )],
+                }),
+            )?
         }
         BadRequestKind::WrongLayerHandle | BadRequestKind::StaleHandle => {
             let o = &w.objs[obj.ok_or("object missing")?];
             let ty = if kind == BadRequestKind::WrongLayerHandle {
-                if o.layer() == Layer::Tcp { OffloadStateType::Neighbor } else { OffloadStateType::Tcp }
+                if o.layer() == Layer::Tcp {
+                    OffloadStateType::Neighbor
+                } else {
+                    OffloadStateType::Tcp
+                }
             } else {
                 o.state.state_type()
             };
             let h = o.handle;
-            w.call("handle", RequestBody::Query(Tree {
-                blocks: vec![block(ty, 1, RefBlock::Object(h))],
-            }))?
+            w.call(
+                "handle",
+                RequestBody::Query(Tree {
+                    blocks: vec![block(ty, 1, RefBlock::Object(h))],
+                }),
+            )?
         }
         BadRequestKind::UnknownOpcode => {
-            let mut bytes = tree_req(RequestBody::Negotiate(chimney_abi::Negotiate { min_version: 1, max_version: 1 }));
+            let mut bytes = tree_req(RequestBody::Negotiate(chimney_abi::Negotiate {
+                min_version: 1,
+                max_version: 1,
+            }));
             bytes[0..2].copy_from_slice(&0x77u16.to_le_bytes());
             let c = w.s.call_bytes(&bytes, &[]).map_err(|e| e.to_string())?;
             w.drain_events()?;
@@ -1174,7 +1269,11 @@ fn step_bad_request(
         }
         BadRequestKind::Truncated => {
             let mut bytes = tree_req(RequestBody::Initiate(Tree {
-                blocks: vec![block(OffloadStateType::Neighbor, 1, InitiateBlock::New(ObjectState::Neighbor(w.template.neighbor)))],
+                blocks: vec![block(
+                    OffloadStateType::Neighbor,
+                    1,
+                    InitiateBlock::New(ObjectState::Neighbor(w.template.neighbor)),
+                )],
             }));
             bytes.truncate(bytes.len() - 4);
             let len = bytes.len() as u32;
@@ -1186,10 +1285,14 @@ fn step_bad_request(
         BadRequestKind::ConstUpdate => {
             let o = &w.objs[obj.ok_or("object missing")?];
             let mut bytes = tree_req(RequestBody::Update(Tree {
-                blocks: vec![block(o.ty(ClassName::Cached), o.host_context, UpdateBlock::Object {
-                    handle: o.handle,
-                    cached: Some(cached_of(&o.state)),
-                })],
+                blocks: vec![block(
+                    o.ty(ClassName::Cached),
+                    o.host_context,
+                    UpdateBlock::Object {
+                        handle: o.handle,
+                        cached: Some(cached_of(&o.state)),
+                    },
+                )],
             }));
             // Request header 16 + tree header 8: block 0's Type byte. Say "const".
             bytes[24] = o.ty(ClassName::Const) as u8;
@@ -1208,39 +1311,78 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
     }
     let items = step.verifies().to_vec();
     let r = match step {
-        Step::OffloadSet { connections, family, expect, .. } => {
-            step_offload_set(w, *connections, *family, *expect, &items)
-        }
-        Step::Offload { blocks, expect, expect_blocks, .. } => {
-            step_offload(w, blocks, *expect, expect_blocks, &items)
-        }
-        Step::Query { objects, class, expect, compare, .. } => {
-            step_query(w, objects, *class, *expect, *compare, &items)
-        }
-        Step::Update { objects, set, expect, expect_error, .. } => {
-            step_update(w, objects, set, *expect, expect_error.map(|r| r.0), &items)
-        }
-        Step::Invalidate { objects, expect, expect_error, .. } => {
-            step_invalidate(w, objects, *expect, expect_error.map(|r| r.0), &items)
-        }
-        Step::Terminate { objects, return_delegated, expect, expect_error, compare, .. } => {
-            step_terminate(w, objects, *return_delegated, *expect, expect_error.map(|r| r.0), *compare, &items)
-        }
-        Step::ExpectEvents { kind, reason, objects, count, .. } => {
-            step_expect_events(w, *kind, reason.map(|r| r as u32), objects, *count, &items)
-        }
-        Step::ExpectNoEvents { .. } => {
-            match w.drain_events() {
-                Err(e) => Err(e),
-                Ok(()) => match w.events.pop_front() {
-                    Some(e) => Err(format!("expected no pending event, seen {}{}", describe_event(w, &e), cite(&items))),
-                    None => Ok("no event pending".into()),
-                },
-            }
-        }
-        Step::BadRequest { kind, object, expect_error, .. } => {
-            step_bad_request(w, *kind, object, expect_error.0, &items)
-        }
+        Step::OffloadSet {
+            connections,
+            family,
+            expect,
+            ..
+        } => step_offload_set(w, *connections, *family, *expect, &items),
+        Step::Offload {
+            blocks,
+            expect,
+            expect_blocks,
+            ..
+        } => step_offload(w, blocks, *expect, expect_blocks, &items),
+        Step::Query {
+            objects,
+            class,
+            expect,
+            compare,
+            ..
+        } => step_query(w, objects, *class, *expect, *compare, &items),
+        Step::Update {
+            objects,
+            set,
+            expect,
+            expect_error,
+            ..
+        } => step_update(w, objects, set, *expect, expect_error.map(|r| r.0), &items),
+        Step::Invalidate {
+            objects,
+            expect,
+            expect_error,
+            ..
+        } => step_invalidate(w, objects, *expect, expect_error.map(|r| r.0), &items),
+        Step::Terminate {
+            objects,
+            return_delegated,
+            expect,
+            expect_error,
+            compare,
+            ..
+        } => step_terminate(
+            w,
+            objects,
+            *return_delegated,
+            *expect,
+            expect_error.map(|r| r.0),
+            *compare,
+            &items,
+        ),
+        Step::ExpectEvents {
+            kind,
+            reason,
+            objects,
+            count,
+            ..
+        } => step_expect_events(w, *kind, reason.map(|r| r as u32), objects, *count, &items),
+        Step::ExpectNoEvents { .. } => match w.drain_events() {
+            Err(e) => Err(e),
+            Ok(()) => match w.events.pop_front() {
+                Some(e) => Err(format!(
+                    "expected no pending event, seen {}{}",
+                    describe_event(w, &e),
+                    cite(&items)
+                )),
+                None => Ok("no event pending".into()),
+            },
+        },
+        Step::BadRequest {
+            kind,
+            object,
+            expect_error,
+            ..
+        } => step_bad_request(w, *kind, object, expect_error.0, &items),
         _ => Err("not implemented".into()),
     };
     match r {
@@ -1256,7 +1398,15 @@ fn cleanup(w: &mut World<'_>) {
     if live.is_empty() {
         return;
     }
-    let _ = step_terminate(w, &Selector(vec!["all".into()]), false, None, None, false, &[]);
+    let _ = step_terminate(
+        w,
+        &Selector(vec!["all".into()]),
+        false,
+        None,
+        None,
+        false,
+        &[],
+    );
 }
 
 /// Device command-line arguments for a scenario's `[device]` table.
@@ -1405,7 +1555,9 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     let (mut session, _neg) = match ControlSession::ready(vmm, opts.queue_size) {
         Ok(s) => s,
         Err(e) => {
-            report.error = Some(format!("control ring setup (NEGOTIATE, SET_PARAMETERS): {e}"));
+            report.error = Some(format!(
+                "control ring setup (NEGOTIATE, SET_PARAMETERS): {e}"
+            ));
             report.steps = not_run(sc, 0);
             report.duration = started.elapsed();
             return report;
@@ -1452,8 +1604,14 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     report.marks = std::mem::take(&mut w.marks);
     let failed = report.error.is_some()
         || !report.violations.is_empty()
-        || report.steps.iter().any(|s| matches!(s.outcome, StepOutcome::Failed(_)));
-    let unsupported = report.steps.iter().any(|s| matches!(s.outcome, StepOutcome::Unsupported(_)));
+        || report
+            .steps
+            .iter()
+            .any(|s| matches!(s.outcome, StepOutcome::Failed(_)));
+    let unsupported = report
+        .steps
+        .iter()
+        .any(|s| matches!(s.outcome, StepOutcome::Unsupported(_)));
     report.outcome = if failed {
         Outcome::Failed
     } else if unsupported {
