@@ -195,7 +195,7 @@ fn export_import_mid_transfer_64mib_ipv4_keeps_sha256() {
 
 #[test]
 fn export_import_mid_transfer_lossy_ipv6_passive_keeps_sha256() {
-    let len = bytes() / 4;
+    let len = (bytes() / 4).max(8 * MIB);
     transfer_opts(
         Cell { loss: 1, reorder: true, dup: false, corrupt: false },
         true,
