@@ -19,6 +19,8 @@ pub mod ndis;
 pub mod nic;
 pub mod platform;
 pub mod virtqueue;
+#[cfg(target_os = "windows")]
+pub mod windows;
 
 pub use control::{ControlChannel, ControlConfig, ControlError};
 pub use miniport::{ChimneyMiniport, MiniportConfig, MiniportError};
