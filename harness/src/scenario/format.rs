@@ -527,6 +527,8 @@ pub enum Step {
     Disconnect {
         conn: String,
         kind: DisconnectKind,
+        /// SHA-256 (hex) the peer must have read by the close (default: what was sent).
+        peer_sha256: Option<String>,
         #[serde(default)]
         verifies: Vec<ItemId>,
     },
@@ -911,6 +913,18 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
             }
             Step::Open { port, .. } if *port == 0 => {
                 return bad("port", "0 is impossible: 1..=65535".into());
+            }
+            Step::Open { family, .. } if *family == Family::Both => {
+                return bad("family", "a connection is ipv4 or ipv6, not both".into());
+            }
+            Step::Disconnect {
+                peer_sha256: Some(h),
+                ..
+            } if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) => {
+                return bad(
+                    "peer_sha256",
+                    format!("`{h}` is not a SHA-256 (64 hex digits)"),
+                );
             }
             _ => {}
         }

@@ -6,6 +6,7 @@
 //! - [`conformance`]: rules of the checklist checked on every completion and event;
 //! - [`checklist`]: the embedded checklist (C-001…C-234) for `coverage`;
 //! - [`report`]: summary table, JUnit, TAP 13, JSON, coverage;
+//! - [`host`]: the host stack (netstack engine on queue pair 0) and the Linux peer;
 //! - [`plot`]: time-sequence SVG per TCP connection of a scenario's pcap;
 //! - [`cleanup`]: namespaces and device processes to remove on Ctrl-C.
 
@@ -13,6 +14,7 @@ pub mod checklist;
 pub mod cleanup;
 pub mod conformance;
 pub mod format;
+pub mod host;
 pub mod plot;
 pub mod report;
 pub mod runner;

@@ -155,14 +155,17 @@ pub fn scenario_seed(master: u64, name: &str) -> u64 {
     h
 }
 
+const DATA_RINGS: &str = "unsupported by this device build: on an offloaded connection this \
+     needs the data I/O rings (queue pairs 2.., issue 4)";
+
 /// The step kinds that need the data path (issue 4) or the host-stack driver for it.
 fn unsupported_reason(step: &Step) -> Option<String> {
     let why = match step {
-        Step::Open { .. } | Step::OffloadConnection { .. } => {
-            "needs host-stack connections over queue pair 0 handed to the offload rings; \
-             this harness build does not drive them yet"
+        Step::OffloadConnection { .. } => {
+            "needs host-stack connections handed to the offload target with their data \
+             (issue 4's data path); this harness build does not offload them yet"
         }
-        Step::Send { .. } | Step::Receive { .. } | Step::Disconnect { .. } => {
+        Step::Receive { .. } => {
             "needs the data I/O rings (queue pairs 2.., issue 4), which this device/harness \
              build does not have"
         }
@@ -212,6 +215,12 @@ impl Obj {
 /// The harness's side of one scenario: the session, the model, the monitor.
 struct World<'a> {
     s: &'a mut ControlSession,
+    /// The VMM and namespace, for the host stack (None when attached to a device).
+    vmm: &'a mut Vmm,
+    ns: Option<&'a chimney_wire::NetNs>,
+    host: Option<super::host::HostStack>,
+    queue_size: u16,
+    seed: u64,
     objs: Vec<Obj>,
     monitor: Monitor,
     events: VecDeque<Event>,
@@ -1383,6 +1392,56 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
             expect_error,
             ..
         } => step_bad_request(w, *kind, object, expect_error.0, &items),
+        Step::Open {
+            name,
+            family,
+            mode,
+            port,
+            ..
+        } => {
+            let Some(ns) = w.ns else {
+                return StepOutcome::Unsupported(
+                    "unsupported with --device-socket: `open` needs the Linux peer in the \
+                     harness's own namespace"
+                        .into(),
+                );
+            };
+            if w.host.is_none() {
+                match super::host::HostStack::new(w.vmm, w.queue_size, w.seed) {
+                    Ok(h) => w.host = Some(h),
+                    Err(e) => return StepOutcome::Failed(format!("host stack: {e}")),
+                }
+            }
+            match w.host.as_mut() {
+                Some(h) => h.open(
+                    ns,
+                    name,
+                    *family == Family::Ipv6,
+                    *mode == super::format::OpenMode::Active,
+                    *port,
+                ),
+                None => Err("host stack missing".into()),
+            }
+        }
+        Step::Send { conn, bytes, .. } => match w.host.as_mut() {
+            Some(h) if h.has(conn) => h.send(conn, *bytes),
+            _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
+        },
+        Step::Disconnect {
+            conn,
+            kind,
+            peer_sha256,
+            ..
+        } => match w.host.as_mut() {
+            Some(h) if h.has(conn) => h
+                .close(
+                    conn,
+                    *kind == super::format::DisconnectKind::Graceful,
+                    peer_sha256.as_deref(),
+                )
+                .map_err(|e| format!("{e}{}", cite(&items))),
+            _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
+        },
         _ => Err("not implemented".into()),
     };
     match r {
@@ -1510,9 +1569,11 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     let mut _tracked = None;
     // Without a namespace of ours the peer MAC is unknown: a fixed locally administered one.
     let mut peer_mac = [0x02, 0, 0, 0, 0, 1];
-    let vmm: &mut Vmm = if let Some(sock) = &opts.device_socket {
+    let (vmm, ns): (&mut Vmm, Option<&chimney_wire::NetNs>) = if let Some(sock) =
+        &opts.device_socket
+    {
         match Vmm::connect(sock, &VmmConfig::default()) {
-            Ok(v) => attached.insert(v),
+            Ok(v) => (attached.insert(v), None),
             Err(e) => {
                 report.error = Some(format!("connecting to {}: {e}", sock.display()));
                 report.steps = not_run(sc, 0);
@@ -1541,7 +1602,8 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
                     Some(bed.ns.name().to_string()),
                     Some(bed.device.pid()),
                 ));
-                &mut bed_holder.insert(bed).vmm
+                let TestBed { vmm, ns, .. } = bed_holder.insert(bed);
+                (vmm, Some(&*ns))
             }
             Err(e) => {
                 report.error = Some(format!("starting namespace + device + VMM: {e}"));
@@ -1566,6 +1628,11 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     session.timeout = Duration::from_secs(30);
     let mut w = World {
         s: &mut session,
+        vmm,
+        ns,
+        host: None,
+        queue_size: opts.queue_size,
+        seed,
         objs: Vec::new(),
         monitor: Monitor::default(),
         events: VecDeque::new(),
@@ -1619,6 +1686,9 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     } else {
         Outcome::Passed
     };
+    // The host stack's queues live in the VMM's memory: drop it before the VMM.
+    drop(w.host.take());
+    drop(w);
     drop(session);
     drop(attached);
     drop(bed_holder); // flushes the device's pcap
