@@ -55,7 +55,9 @@ fn engine_to_kernel(tso: bool) -> f64 {
     let mut start = None;
     let mut closed = false;
     rig.run_until(dur * 4 + Duration::from_secs(30), "bench", |r| {
-        if r.engine.state(c) == Ok(chimney_netstack::TcpConnectionState::Established) && start.is_none() {
+        if r.engine.state(c) == Ok(chimney_netstack::TcpConnectionState::Established)
+            && start.is_none()
+        {
             start = Some(StdInstant::now());
         }
         if let Some(s) = start {
@@ -76,10 +78,23 @@ fn engine_to_kernel(tso: bool) -> f64 {
 fn kernel_over_veth() -> f64 {
     let a = NetNs::create("bva").expect("ns a");
     let b = NetNs::create("bvb").expect("ns b");
-    a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b.name()])
-        .expect("veth");
-    a.ip(&["addr", "add", "192.0.2.1/24", "dev", "va"]).expect("addr a");
-    b.ip(&["addr", "add", "192.0.2.2/24", "dev", "vb"]).expect("addr b");
+    a.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        b.name(),
+    ])
+    .expect("veth");
+    a.ip(&["addr", "add", "192.0.2.1/24", "dev", "va"])
+        .expect("addr a");
+    b.ip(&["addr", "add", "192.0.2.2/24", "dev", "vb"])
+        .expect("addr b");
     a.ip(&["link", "set", "va", "up"]).expect("up a");
     b.ip(&["link", "set", "vb", "up"]).expect("up b");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -123,11 +138,23 @@ fn main() {
     }
     let gbit = |b: f64| b * 8.0 / 1e9;
     let ours_tso = engine_to_kernel(true);
-    println!("engine → kernel over TAP, TSO:    {:8.1} MB/s ({:.2} Gbit/s)", ours_tso / 1e6, gbit(ours_tso));
+    println!(
+        "engine → kernel over TAP, TSO:    {:8.1} MB/s ({:.2} Gbit/s)",
+        ours_tso / 1e6,
+        gbit(ours_tso)
+    );
     let ours = engine_to_kernel(false);
-    println!("engine → kernel over TAP, no TSO: {:8.1} MB/s ({:.2} Gbit/s)", ours / 1e6, gbit(ours));
+    println!(
+        "engine → kernel over TAP, no TSO: {:8.1} MB/s ({:.2} Gbit/s)",
+        ours / 1e6,
+        gbit(ours)
+    );
     let kernel = kernel_over_veth();
-    println!("kernel → kernel over veth:        {:8.1} MB/s ({:.2} Gbit/s)", kernel / 1e6, gbit(kernel));
+    println!(
+        "kernel → kernel over veth:        {:8.1} MB/s ({:.2} Gbit/s)",
+        kernel / 1e6,
+        gbit(kernel)
+    );
     println!("ratio engine(TSO)/kernel-veth: {:.3}", ours_tso / kernel);
     println!("ratio engine(no TSO)/kernel-veth: {:.3}", ours / kernel);
 }

@@ -230,7 +230,10 @@ mod tests {
         let mut r = RecvBuffer::new(16);
         let base = u32::MAX - 3; // crosses the sequence wrap
         assert_eq!(r.write(base, base.wrapping_add(4), b"efgh"), 0);
-        assert_eq!(r.ooo_ranges(), &[(base.wrapping_add(4), base.wrapping_add(8))]);
+        assert_eq!(
+            r.ooo_ranges(),
+            &[(base.wrapping_add(4), base.wrapping_add(8))]
+        );
         assert_eq!(r.write(base, base, b"abcd"), 8);
         assert!(r.ooo_ranges().is_empty());
         let mut out = [0u8; 16];
@@ -242,7 +245,11 @@ mod tests {
     fn recv_buffer_trims_duplicates_and_overflow() {
         let mut r = RecvBuffer::new(4);
         assert_eq!(r.write(100, 98, b"xxab"), 2);
-        assert_eq!(r.write(102, 102, b"cdefgh"), 2, "only the window's worth is taken");
+        assert_eq!(
+            r.write(102, 102, b"cdefgh"),
+            2,
+            "only the window's worth is taken"
+        );
         let mut out = [0u8; 8];
         assert_eq!(r.read(&mut out), 4);
         assert_eq!(&out[..4], b"abcd");

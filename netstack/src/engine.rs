@@ -36,7 +36,9 @@ pub enum EngineError {
     TupleInUse,
     #[error("no free ephemeral port")]
     NoPort,
-    #[error("connection in state {0:?} cannot be exported (only synchronized states before TIME_WAIT)")]
+    #[error(
+        "connection in state {0:?} cannot be exported (only synchronized states before TIME_WAIT)"
+    )]
     NotExportable(TcpConnectionState),
     #[error("import refused: {field} {reason}")]
     Import {
@@ -152,7 +154,10 @@ pub enum Event {
     /// Active open completed.
     Connected(ConnHandle),
     /// A listener took a new connection (already established).
-    Accepted { port: u16, conn: ConnHandle },
+    Accepted {
+        port: u16,
+        conn: ConnHandle,
+    },
     Readable(ConnHandle),
     Writable(ConnHandle),
     PeerClosed(ConnHandle),
@@ -264,7 +269,11 @@ impl Engine {
                 cached_flags |= TCP_FLAG_KEEP_ALIVE_ENABLED;
                 (ticks(idle), ticks(int), n)
             }
-            None => (ticks(Duration::from_secs(7200)), ticks(Duration::from_secs(1)), 10),
+            None => (
+                ticks(Duration::from_secs(7200)),
+                ticks(Duration::from_secs(1)),
+                10,
+            ),
         };
         let tcb_cfg = TcbConfig {
             local_mss: cfg.mtu.saturating_sub(40),
@@ -637,9 +646,11 @@ impl Engine {
         }
         match parsed.packet {
             Packet::Arp(a) => self.on_arp(now, a),
-            Packet::NeighborSolicit { src, target, lladdr } => {
-                self.on_ns(now, parsed.src, src, target, lladdr)
-            }
+            Packet::NeighborSolicit {
+                src,
+                target,
+                lladdr,
+            } => self.on_ns(now, parsed.src, src, target, lladdr),
             Packet::NeighborAdvert { target, lladdr } => {
                 if let Some(m) = lladdr {
                     self.learn(now, IpAddr::V6(target), m, true);
@@ -899,7 +910,9 @@ impl Engine {
         };
         let payload = tcb.send.slices(seg.data_off, seg.data_len);
         let mss = tcb.eff_mss();
-        let mode = if self.cfg.offload.checksum || (self.cfg.offload.tso && seg.data_len > usize::from(mss)) {
+        let mode = if self.cfg.offload.checksum
+            || (self.cfg.offload.tso && seg.data_len > usize::from(mss))
+        {
             ChecksumMode::Partial
         } else {
             ChecksumMode::Full
@@ -1043,7 +1056,10 @@ impl Engine {
         let tuple = self.slots[i].tuple;
         let st = self.tcb(h)?.state;
         use TcpConnectionState as S;
-        if matches!(st, S::Closed | S::Listen | S::SynSent | S::SynRcvd | S::TimeWait) {
+        if matches!(
+            st,
+            S::Closed | S::Listen | S::SynSent | S::SynRcvd | S::TimeWait
+        ) {
             return Err(EngineError::NotExportable(st));
         }
         let mac = self.neighbors.get(&tuple.remote.ip()).and_then(|n| n.mac);
@@ -1084,7 +1100,9 @@ impl Engine {
         if let Some(m) = n.and_then(|n| n.mac) {
             dstm[..6].copy_from_slice(&m);
         }
-        let nrd = n.map_or(0, |n| now.saturating_sub(n.confirmed).min(u64::from(u32::MAX)) as u32);
+        let nrd = n.map_or(0, |n| {
+            now.saturating_sub(n.confirmed).min(u64::from(u32::MAX)) as u32
+        });
         let out = ConnectionExport {
             neighbor: NeighborState {
                 const_: NeighborConst {
@@ -1115,17 +1133,27 @@ impl Engine {
     }
 
     /// Continue an exported connection in this engine.
-    pub fn import(&mut self, now: Instant, st: &ConnectionExport) -> Result<ConnHandle, EngineError> {
+    pub fn import(
+        &mut self,
+        now: Instant,
+        st: &ConnectionExport,
+    ) -> Result<ConnHandle, EngineError> {
         let now = self.tick(now);
         validate_import(&st.tcp)?;
         let err = |field, reason| EngineError::Import { field, reason };
         let local_ip = st.path.const_.source_address;
         let remote_ip = st.path.const_.destination_address;
         if local_ip.is_ipv4() != remote_ip.is_ipv4() {
-            return Err(err("Path.DestinationAddress", "is not of the source's IP version"));
+            return Err(err(
+                "Path.DestinationAddress",
+                "is not of the source's IP version",
+            ));
         }
         if !self.is_local(local_ip) {
-            return Err(err("Path.SourceAddress", "is not an address of this engine"));
+            return Err(err(
+                "Path.SourceAddress",
+                "is not an address of this engine",
+            ));
         }
         let tuple = FourTuple {
             local: SocketAddr::new(local_ip, st.tcp.const_.local_port),
@@ -1140,12 +1168,15 @@ impl Engine {
         if mac != [0; 6] {
             self.learn(now, remote_ip, mac, true);
             if let Some(n) = self.neighbors.get_mut(&remote_ip) {
-                n.confirmed = now.saturating_sub(u64::from(st.neighbor.delegated.nic_reachability_delta));
+                n.confirmed =
+                    now.saturating_sub(u64::from(st.neighbor.delegated.nic_reachability_delta));
             }
         }
         let mut cfg = self.tcb_cfg.clone();
         let hdr = if local_ip.is_ipv4() { 40 } else { 60 };
-        cfg.local_mss = (st.path.cached.path_mtu.min(65535) as u16).saturating_sub(hdr).max(64);
+        cfg.local_mss = (st.path.cached.path_mtu.min(65535) as u16)
+            .saturating_sub(hdr)
+            .max(64);
         let tcb = Tcb::import(&cfg, &st.tcp, now);
         let h = self.insert(tuple, tcb, None);
         self.slots[h.idx as usize].path_mtu = st.path.cached.path_mtu;
@@ -1158,21 +1189,26 @@ impl Engine {
     }
 }
 
-
 /// Check an imported TCP state for what the engine relies on; errors name the field.
 pub fn validate_import(st: &TcpOffloadState) -> Result<(), EngineError> {
     use crate::seq;
     use TcpConnectionState as S;
     let err = |field, reason| Err(EngineError::Import { field, reason });
     let d = &st.delegated;
-    if matches!(d.state, S::Closed | S::Listen | S::SynSent | S::SynRcvd | S::TimeWait) {
+    if matches!(
+        d.state,
+        S::Closed | S::Listen | S::SynSent | S::SynRcvd | S::TimeWait
+    ) {
         return err("TcpDelegated.State", "is not an offloadable state");
     }
     if st.const_.local_port == 0 || st.const_.remote_port == 0 {
         return err("TcpConst.LocalPort/RemotePort", "is zero");
     }
     if st.const_.snd_wind_scale > 14 || st.const_.rcv_wind_scale > 14 {
-        return err("TcpConst.SndWindScale/RcvWindScale", "exceeds 14 (RFC 7323)");
+        return err(
+            "TcpConst.SndWindScale/RcvWindScale",
+            "exceeds 14 (RFC 7323)",
+        );
     }
     if st.const_.remote_mss < 64 {
         return err("TcpConst.RemoteMss", "is below 64");
@@ -1180,9 +1216,15 @@ pub fn validate_import(st: &TcpOffloadState) -> Result<(), EngineError> {
     if !(seq::le(d.snd_una, d.snd_nxt) && seq::le(d.snd_nxt, d.snd_max)) {
         return err("TcpDelegated.SndNxt", "is not within [SndUna, SndMax]");
     }
-    let fin = u32::from(matches!(d.state, S::FinWait1 | S::Closing | S::LastAck | S::FinWait2));
+    let fin = u32::from(matches!(
+        d.state,
+        S::FinWait1 | S::Closing | S::LastAck | S::FinWait2
+    ));
     if seq::dist(d.snd_una, d.snd_max) > st.send_data.len() as u32 + fin {
-        return err("SendData", "is shorter than the data in flight (SndMax − SndUna)");
+        return err(
+            "SendData",
+            "is shorter than the data in flight (SndMax − SndUna)",
+        );
     }
     if st.send_data.len() > 1 << 30 || st.buffered_data.len() > 1 << 30 {
         return err("SendData/BufferedData", "exceeds 1 GiB");

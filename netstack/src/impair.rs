@@ -120,7 +120,11 @@ impl Impairment {
     pub fn push(&mut self, now: Instant, frame: &[u8]) {
         self.stats.frames_in += 1;
         if let Some(b) = self.cfg.burst {
-            let flip = if self.bad { b.p_leave_bad } else { b.p_enter_bad };
+            let flip = if self.bad {
+                b.p_leave_bad
+            } else {
+                b.p_enter_bad
+            };
             if self.chance(flip) {
                 self.bad = !self.bad;
             }
@@ -234,11 +238,21 @@ mod tests {
         println!("impairment seed {seed:#x}");
         let (a, sa) = run(seed);
         let (b, sb) = run(seed);
-        assert_eq!(a, b, "same seed must give identical frames in identical order");
+        assert_eq!(
+            a, b,
+            "same seed must give identical frames in identical order"
+        );
         assert_eq!(sa, sb);
         let (c, _) = run(seed + 1);
         assert_ne!(a, c, "another seed gives another run");
-        assert!((60..=140).contains(&sa.lost), "~10% of 1000 lost, saw {}", sa.lost);
-        assert!(sa.reordered > 100 && sa.duplicated > 50 && sa.corrupted > 50, "{sa:?}");
+        assert!(
+            (60..=140).contains(&sa.lost),
+            "~10% of 1000 lost, saw {}",
+            sa.lost
+        );
+        assert!(
+            sa.reordered > 100 && sa.duplicated > 50 && sa.corrupted > 50,
+            "{sa:?}"
+        );
     }
 }

@@ -21,8 +21,8 @@ pub mod time;
 pub mod timer;
 
 pub use engine::{
-    ConnHandle, Engine, EngineConfig, EngineError, EngineStats, Event, FourTuple, Gso,
-    TcpSettings, Transmit, TxOffload,
+    ConnHandle, Engine, EngineConfig, EngineError, EngineStats, Event, FourTuple, Gso, TcpSettings,
+    Transmit, TxOffload,
 };
 pub use frame::FrameError;
 pub use state::*;

@@ -20,7 +20,10 @@ fn engine_with_conn(v6: bool) -> (Engine, u32, u32) {
     let mut e = Engine::new(EngineConfig::new(MAC, Some(V4), Some(V6)), now).expect("engine");
     e.listen(80);
     let (s, d): (IpAddr, IpAddr) = if v6 {
-        (V6.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into())
+        (
+            V6.into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        )
     } else {
         (V4.into(), Ipv4Addr::new(192, 0, 2, 1).into())
     };
@@ -28,17 +31,30 @@ fn engine_with_conn(v6: bool) -> (Engine, u32, u32) {
     dst[..6].copy_from_slice(&PEER_MAC);
     let st = ConnectionExport {
         neighbor: NeighborState {
-            const_: NeighborConst { dl_source_address: [0; 32], vlan_id: 0 },
-            cached: NeighborCached { dl_destination_address: dst, host_reachability_delta: 0 },
-            delegated: NeighborDelegated { nic_reachability_delta: 0 },
+            const_: NeighborConst {
+                dl_source_address: [0; 32],
+                vlan_id: 0,
+            },
+            cached: NeighborCached {
+                dl_destination_address: dst,
+                host_reachability_delta: 0,
+            },
+            delegated: NeighborDelegated {
+                nic_reachability_delta: 0,
+            },
         },
         path: PathState {
-            const_: PathConst { source_address: s, destination_address: d },
+            const_: PathConst {
+                source_address: s,
+                destination_address: d,
+            },
             cached: PathCached { path_mtu: 1500 },
         },
         tcp: TcpOffloadState {
             const_: TcpConst {
-                flags: TCP_FLAG_TIMESTAMP_ENABLED | TCP_FLAG_SACK_ENABLED | TCP_FLAG_WINDOW_SCALING_ENABLED,
+                flags: TCP_FLAG_TIMESTAMP_ENABLED
+                    | TCP_FLAG_SACK_ENABLED
+                    | TCP_FLAG_WINDOW_SCALING_ENABLED,
                 remote_port: 4000,
                 local_port: 5000,
                 snd_wind_scale: 7,
@@ -80,8 +96,14 @@ fn engine_with_conn(v6: bool) -> (Engine, u32, u32) {
                 total_rt: 0,
                 dup_ack_count: 0,
                 snd_wnd_probe_count: 0,
-                keep_alive: KeepAliveTimer { probe_count: 0, timeout_delta: TIMER_STOPPED },
-                retransmit: RetransmitTimer { count: 0, timeout_delta: 20 },
+                keep_alive: KeepAliveTimer {
+                    probe_count: 0,
+                    timeout_delta: TIMER_STOPPED,
+                },
+                retransmit: RetransmitTimer {
+                    count: 0,
+                    timeout_delta: 20,
+                },
                 d_wnd: 0,
             },
             send_data: vec![9; 300],
@@ -95,7 +117,10 @@ fn engine_with_conn(v6: bool) -> (Engine, u32, u32) {
 /// A valid TCP frame from the peer to the imported connection.
 fn valid_frame(v6: bool, seq: u32, ack: u32, payload: &[u8], sack: bool) -> Vec<u8> {
     let (s, d): (IpAddr, IpAddr) = if v6 {
-        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(), V6.into())
+        (
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            V6.into(),
+        )
     } else {
         (Ipv4Addr::new(192, 0, 2, 1).into(), V4.into())
     };
@@ -104,17 +129,30 @@ fn valid_frame(v6: bool, seq: u32, ack: u32, payload: &[u8], sack: bool) -> Vec<
         ack: Some(ack),
         window: 512,
         ts: Some((5, 77)),
-        sack: if sack { [Some((ack, ack + 10)), None, None] } else { [None; 3] },
+        sack: if sack {
+            [Some((ack, ack + 10)), None, None]
+        } else {
+            [None; 3]
+        },
         data_len: payload.len(),
         ..OutSegment::default()
     };
     let mut buf = vec![0u8; 200 + payload.len()];
     let (len, _) = frame::emit_tcp(
         &mut buf,
-        &L2 { src: PEER_MAC, dst: MAC, vlan_tci: None },
+        &L2 {
+            src: PEER_MAC,
+            dst: MAC,
+            vlan_tci: None,
+        },
         (s, 4000),
         (d, 5000),
-        &IpParams { ttl: 64, tos: 0, flow_label: 0, ident: 0x8001 },
+        &IpParams {
+            ttl: 64,
+            tos: 0,
+            flow_label: 0,
+            ident: 0x8001,
+        },
         &seg,
         (payload, &[]),
         ChecksumMode::Full,
@@ -229,10 +267,16 @@ fn checksum_errors_are_named() {
     let mut f = valid_frame(false, 1000, 5100, b"abc", false);
     let n = f.len();
     f[n - 1] ^= 0xff;
-    assert_eq!(frame::parse_frame(&f, true).err(), Some(FrameError::TcpChecksum));
+    assert_eq!(
+        frame::parse_frame(&f, true).err(),
+        Some(FrameError::TcpChecksum)
+    );
     let mut f = valid_frame(false, 1000, 5100, b"abc", false);
     f[22] ^= 1; // TTL
-    assert_eq!(frame::parse_frame(&f, true).err(), Some(FrameError::Ipv4Checksum));
+    assert_eq!(
+        frame::parse_frame(&f, true).err(),
+        Some(FrameError::Ipv4Checksum)
+    );
     assert_eq!(
         frame::parse_frame(&f[..10], true).err(),
         Some(FrameError::EthernetTruncated { len: 10 })

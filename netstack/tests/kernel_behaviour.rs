@@ -56,8 +56,13 @@ fn kernel_windows(path: &std::path::Path) -> Vec<u16> {
 fn persist_probes_while_peer_stops_reading_then_transfer_completes() {
     let seed = seed_from_env(0x7001);
     println!("seed {seed:#x}");
-    let mut rig = Rig::new("persist", seed, ImpairConfig::default(), test_engine_config(seed))
-        .with_pcap("persist");
+    let mut rig = Rig::new(
+        "persist",
+        seed,
+        ImpairConfig::default(),
+        test_engine_config(seed),
+    )
+    .with_pcap("persist");
     let len = 8 << 20;
     let peer = kernel_accept(&rig, false, PORT, |s| {
         // The peer stops reading for several seconds: its window closes.
@@ -75,17 +80,33 @@ fn persist_probes_while_peer_stops_reading_then_transfer_completes() {
         peer.is_finished()
     });
     let (n, sha) = peer.join().expect("peer");
-    assert_eq!((n, hex(&sha)), (len, hex(&expected_sha(seed, len))), "kernel got all data");
+    assert_eq!(
+        (n, hex(&sha)),
+        (len, hex(&expected_sha(seed, len))),
+        "kernel got all data"
+    );
     drop(rig.pcap.take());
     let path = rig.pcap_path.clone().expect("pcap");
     let kw = kernel_windows(&path);
-    println!("pcap {}: {} kernel TCP frames, min window {:?}", path.display(), kw.len(), kw.iter().min());
+    println!(
+        "pcap {}: {} kernel TCP frames, min window {:?}",
+        path.display(),
+        kw.len(),
+        kw.iter().min()
+    );
     let zero_windows = kw.iter().filter(|w| **w == 0).count();
     let probes = our_tcp_frames(&path).iter().filter(|f| f.1 == 1).count();
     println!("zero-window ACKs from the kernel {zero_windows}, our 1-byte probes {probes}, persist timer expiries {max_probes}");
     assert!(zero_windows >= 1, "the kernel advertised a zero window");
-    assert!(max_probes >= 3, "persist timer fired repeatedly over 3 s, saw {max_probes}");
-    assert!(probes >= 3, "window probes visible in the pcap {}: saw {probes}", path.display());
+    assert!(
+        max_probes >= 3,
+        "persist timer fired repeatedly over 3 s, saw {max_probes}"
+    );
+    assert!(
+        probes >= 3,
+        "window probes visible in the pcap {}: saw {probes}",
+        path.display()
+    );
 }
 
 #[test]
@@ -104,9 +125,15 @@ fn keepalive_probes_after_ka_timeout_and_dead_peer_reported() {
     let c = connect(&mut rig, true);
     // Idle for 2.5 s: probes start after 1 s, the kernel answers each.
     let t0 = std::time::Instant::now();
-    rig.run_until(Duration::from_secs(5), "idle", |_| t0.elapsed() >= Duration::from_millis(2500));
+    rig.run_until(Duration::from_secs(5), "idle", |_| {
+        t0.elapsed() >= Duration::from_millis(2500)
+    });
     let st = rig.engine.conn_stats(c).expect("conn");
-    assert_eq!(rig.engine.state(c), Ok(S::Established), "answered keepalives keep it up");
+    assert_eq!(
+        rig.engine.state(c),
+        Ok(S::Established),
+        "answered keepalives keep it up"
+    );
     // Each answered probe resets the count: one probe per KaTimeout of idleness.
     assert!(
         (2..=3).contains(&st.keepalive_probes),
@@ -137,11 +164,21 @@ fn keepalive_probes_after_ka_timeout_and_dead_peer_reported() {
         .iter()
         .filter(|f| f.1 == 0 && f.0 == una.wrapping_sub(1))
         .count();
-    assert!(probes >= 2, "keepalive probes (SEG.SEQ = SND.UNA − 1) visible in the pcap, saw {probes}");
+    assert!(
+        probes >= 2,
+        "keepalive probes (SEG.SEQ = SND.UNA − 1) visible in the pcap, saw {probes}"
+    );
 }
 
 /// Pump while recording every state the connection passes through.
-fn run_recording(rig: &mut Rig, c: ConnHandle, limit: Duration, what: &str, hist: &mut Vec<S>, done: impl Fn(&Rig, &[S]) -> bool) {
+fn run_recording(
+    rig: &mut Rig,
+    c: ConnHandle,
+    limit: Duration,
+    what: &str,
+    hist: &mut Vec<S>,
+    done: impl Fn(&Rig, &[S]) -> bool,
+) {
     rig.run_until(limit, what, |r| {
         if let Ok(s) = r.engine.state(c) {
             if hist.last() != Some(&s) {
@@ -155,7 +192,12 @@ fn run_recording(rig: &mut Rig, c: ConnHandle, limit: Duration, what: &str, hist
 #[test]
 fn peer_closes_first_close_wait_then_last_ack_to_closed() {
     let seed = seed_from_env(0x7003);
-    let mut rig = Rig::new("pclose", seed, ImpairConfig::default(), test_engine_config(seed));
+    let mut rig = Rig::new(
+        "pclose",
+        seed,
+        ImpairConfig::default(),
+        test_engine_config(seed),
+    );
     let peer = kernel_accept(&rig, false, PORT, |mut s| {
         s.write_all(b"hello").expect("write");
         s.shutdown(std::net::Shutdown::Write).expect("shutdown");
@@ -165,26 +207,44 @@ fn peer_closes_first_close_wait_then_last_ack_to_closed() {
     });
     let c = connect(&mut rig, false);
     let mut hist = vec![S::Established];
-    run_recording(&mut rig, c, Duration::from_secs(10), "peer FIN", &mut hist, |r, _| {
-        r.saw(|e| matches!(e, Event::PeerClosed(_)))
-    });
+    run_recording(
+        &mut rig,
+        c,
+        Duration::from_secs(10),
+        "peer FIN",
+        &mut hist,
+        |r, _| r.saw(|e| matches!(e, Event::PeerClosed(_))),
+    );
     assert_eq!(rig.engine.state(c), Ok(S::CloseWait));
     let mut buf = [0u8; 16];
     let n = rig.engine.recv(c, &mut buf).expect("recv");
     assert_eq!(&buf[..n], b"hello");
     rig.engine.send(c, b"bye").expect("send");
     rig.engine.close(c).expect("close");
-    run_recording(&mut rig, c, Duration::from_secs(10), "last ack", &mut hist, |r, _| {
-        r.saw(|e| matches!(e, Event::Closed(_)))
-    });
-    assert_eq!(hist, vec![S::Established, S::CloseWait, S::LastAck, S::Closed]);
+    run_recording(
+        &mut rig,
+        c,
+        Duration::from_secs(10),
+        "last ack",
+        &mut hist,
+        |r, _| r.saw(|e| matches!(e, Event::Closed(_))),
+    );
+    assert_eq!(
+        hist,
+        vec![S::Established, S::CloseWait, S::LastAck, S::Closed]
+    );
     assert_eq!(peer.join().expect("peer"), b"bye");
 }
 
 #[test]
 fn we_close_first_fin_wait_then_time_wait_then_closed() {
     let seed = seed_from_env(0x7004);
-    let mut rig = Rig::new("wclose", seed, ImpairConfig::default(), test_engine_config(seed));
+    let mut rig = Rig::new(
+        "wclose",
+        seed,
+        ImpairConfig::default(),
+        test_engine_config(seed),
+    );
     let peer = kernel_accept(&rig, true, PORT, |mut s| {
         let mut got = vec![];
         s.read_to_end(&mut got).expect("read to EOF");
@@ -196,12 +256,23 @@ fn we_close_first_fin_wait_then_time_wait_then_closed() {
     rig.engine.send(c, b"goodbye").expect("send");
     rig.engine.close(c).expect("close");
     let mut hist = vec![S::Established];
-    run_recording(&mut rig, c, Duration::from_secs(10), "our close", &mut hist, |r, _| {
-        r.saw(|e| matches!(e, Event::Closed(_)))
-    });
+    run_recording(
+        &mut rig,
+        c,
+        Duration::from_secs(10),
+        "our close",
+        &mut hist,
+        |r, _| r.saw(|e| matches!(e, Event::Closed(_))),
+    );
     assert_eq!(
         hist,
-        vec![S::Established, S::FinWait1, S::FinWait2, S::TimeWait, S::Closed],
+        vec![
+            S::Established,
+            S::FinWait1,
+            S::FinWait2,
+            S::TimeWait,
+            S::Closed
+        ],
         "active close path"
     );
     assert!(rig.saw(|e| matches!(e, Event::PeerClosed(_))));
@@ -230,12 +301,23 @@ fn simultaneous_close_goes_through_closing() {
     std::thread::sleep(Duration::from_millis(2));
     rig.engine.close(c).expect("close");
     let mut hist = vec![S::Established];
-    run_recording(&mut rig, c, Duration::from_secs(10), "simultaneous close", &mut hist, |r, _| {
-        r.saw(|e| matches!(e, Event::Closed(_)))
-    });
+    run_recording(
+        &mut rig,
+        c,
+        Duration::from_secs(10),
+        "simultaneous close",
+        &mut hist,
+        |r, _| r.saw(|e| matches!(e, Event::Closed(_))),
+    );
     assert_eq!(
         hist,
-        vec![S::Established, S::FinWait1, S::Closing, S::TimeWait, S::Closed],
+        vec![
+            S::Established,
+            S::FinWait1,
+            S::Closing,
+            S::TimeWait,
+            S::Closed
+        ],
         "FINs crossed: FIN_WAIT_1 → CLOSING → TIME_WAIT"
     );
     assert_eq!(peer.join().expect("peer"), 0);
@@ -244,7 +326,12 @@ fn simultaneous_close_goes_through_closing() {
 #[test]
 fn peer_reset_reports_abort_and_closes() {
     let seed = seed_from_env(0x7006);
-    let mut rig = Rig::new("prst", seed, ImpairConfig::default(), test_engine_config(seed));
+    let mut rig = Rig::new(
+        "prst",
+        seed,
+        ImpairConfig::default(),
+        test_engine_config(seed),
+    );
     let peer = kernel_accept(&rig, true, PORT, |s| {
         // Closing with unread data makes Linux send RST (RFC 2525 §2.17).
         std::thread::sleep(Duration::from_millis(300));
@@ -298,8 +385,13 @@ fn forged(rig: &Rig, c: ConnHandle, seq: u32, ack: Option<u32>, syn: bool, rst: 
 fn rfc5961_in_window_rst_and_syn_get_challenge_ack_and_connection_survives() {
     let seed = seed_from_env(0x7007);
     println!("seed {seed:#x}");
-    let mut rig = Rig::new("r5961", seed, ImpairConfig::default(), test_engine_config(seed))
-        .with_pcap("rfc5961");
+    let mut rig = Rig::new(
+        "r5961",
+        seed,
+        ImpairConfig::default(),
+        test_engine_config(seed),
+    )
+    .with_pcap("rfc5961");
     let len = 1 << 20;
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let peer = kernel_accept(&rig, false, PORT, move |s| {
@@ -314,7 +406,12 @@ fn rfc5961_in_window_rst_and_syn_get_challenge_ack_and_connection_survives() {
         let t = rig.engine.tcb(c).expect("tcb");
         (t.rcv_nxt, t.snd_nxt)
     };
-    let challenges = |r: &Rig| r.events.iter().filter(|e| matches!(e, Event::ChallengeAck(_))).count();
+    let challenges = |r: &Rig| {
+        r.events
+            .iter()
+            .filter(|e| matches!(e, Event::ChallengeAck(_)))
+            .count()
+    };
 
     // 1. RST in the window but not at RCV.NXT: challenge ACK, no abort (§3.18).
     let now = rig.now();
@@ -322,15 +419,30 @@ fn rfc5961_in_window_rst_and_syn_get_challenge_ack_and_connection_survives() {
     rig.engine.handle_frame(now, &f).expect("forged RST parses");
     rig.pump(Duration::from_millis(1));
     assert_eq!(challenges(&rig), 1, "in-window RST → one challenge ACK");
-    assert_eq!(rig.engine.state(c), Ok(S::Established), "connection survives the RST");
+    assert_eq!(
+        rig.engine.state(c),
+        Ok(S::Established),
+        "connection survives the RST"
+    );
     // A second one in the same RST-validation period gets none.
     let f = forged(&rig, c, rcv_nxt.wrapping_add(2000), None, false, true);
     rig.engine.handle_frame(rig.now(), &f).expect("parse");
     rig.pump(Duration::from_millis(1));
-    assert_eq!(challenges(&rig), 1, "one challenge ACK per RST-validation period");
+    assert_eq!(
+        challenges(&rig),
+        1,
+        "one challenge ACK per RST-validation period"
+    );
 
     // 2. RST outside the window: dropped silently.
-    let f = forged(&rig, c, rcv_nxt.wrapping_add(0x4000_0000), None, false, true);
+    let f = forged(
+        &rig,
+        c,
+        rcv_nxt.wrapping_add(0x4000_0000),
+        None,
+        false,
+        true,
+    );
     rig.engine.handle_frame(rig.now(), &f).expect("parse");
     rig.pump(Duration::from_millis(1));
     assert_eq!(challenges(&rig), 1, "out-of-window RST is ignored");
@@ -339,11 +451,22 @@ fn rfc5961_in_window_rst_and_syn_get_challenge_ack_and_connection_survives() {
     let f = forged(&rig, c, rcv_nxt.wrapping_add(10), None, true, false);
     rig.engine.handle_frame(rig.now(), &f).expect("parse");
     rig.pump(Duration::from_millis(1));
-    assert_eq!(challenges(&rig), 2, "SYN on an established connection → challenge ACK");
+    assert_eq!(
+        challenges(&rig),
+        2,
+        "SYN on an established connection → challenge ACK"
+    );
     assert_eq!(rig.engine.state(c), Ok(S::Established));
 
     // 4. ACK acknowledging data never sent: challenge ACK, dropped (RFC 5961 §5).
-    let f = forged(&rig, c, rcv_nxt, Some(snd_nxt.wrapping_add(100_000)), false, false);
+    let f = forged(
+        &rig,
+        c,
+        rcv_nxt,
+        Some(snd_nxt.wrapping_add(100_000)),
+        false,
+        false,
+    );
     rig.engine.handle_frame(rig.now(), &f).expect("parse");
     rig.pump(Duration::from_millis(1));
     assert_eq!(challenges(&rig), 3, "ACK beyond SND.MAX → challenge ACK");
@@ -351,8 +474,14 @@ fn rfc5961_in_window_rst_and_syn_get_challenge_ack_and_connection_survives() {
     // The challenge ACKs are on the wire: ACKs with SEG.SEQ = SND.NXT, SEG.ACK = RCV.NXT.
     drop(rig.pcap.take());
     let path = rig.pcap_path.clone().expect("pcap");
-    let acks = our_tcp_frames(&path).iter().filter(|f| f.0 == snd_nxt && f.1 == 0 && !f.3).count();
-    assert!(acks >= 4, "handshake ACK + 3 challenge ACKs in the pcap, saw {acks}");
+    let acks = our_tcp_frames(&path)
+        .iter()
+        .filter(|f| f.0 == snd_nxt && f.1 == 0 && !f.3)
+        .count();
+    assert!(
+        acks >= 4,
+        "handshake ACK + 3 challenge ACKs in the pcap, saw {acks}"
+    );
 
     // And the connection still carries data both ways.
     go_tx.send(()).expect("go");

@@ -59,7 +59,14 @@ pub fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
 
 /// As `transfer`; with `migrate_at`, once that many bytes went each way the connection is
 /// exported from the engine and imported into a fresh one, which finishes the transfer.
-pub fn transfer_opts(cell: Cell, v6: bool, active: bool, seed: u64, len: u64, migrate_at: Option<u64>) {
+pub fn transfer_opts(
+    cell: Cell,
+    v6: bool,
+    active: bool,
+    seed: u64,
+    len: u64,
+    migrate_at: Option<u64>,
+) {
     let name = format!(
         "{}-{}-{}{}",
         cell.name(),
@@ -106,59 +113,73 @@ pub fn transfer_opts(cell: Cell, v6: bool, active: bool, seed: u64, len: u64, mi
     let mut rx_done = None;
     let mut migrated = false;
     let mut stats = None;
-    rig.run_until(Duration::from_secs(limit_secs()), &format!("{name} transfer"), |r| {
-        tx.feed(&mut r.engine);
-        rx.drain(&mut r.engine);
-        if rx.n == len && rx_done.is_none() {
-            rx_done = Some(t0.elapsed());
-        }
-        if let Ok(s) = r.engine.conn_stats(tx.conn) {
-            stats = Some(s);
-        }
-        if let Some(at) = migrate_at {
-            let in_flight = r
-                .engine
-                .tcb(tx.conn)
-                .is_ok_and(|t| t.snd_max != t.snd_una);
-            if !migrated && tx.off >= at && rx.n >= at && in_flight {
-                // Export mid-transfer with data in flight and unacknowledged; import into a
-                // brand-new engine instance (DESIGN rule 5).
-                let now = r.now();
-                let st = r.engine.export(now, tx.conn).expect("export mid-transfer");
-                assert!(
-                    st.tcp.delegated.snd_max != st.tcp.delegated.snd_una,
-                    "export should catch data in flight"
-                );
-                // Owed frames of the old engine go out first.
-                r.flush_pending();
-                let mut fresh = chimney_netstack::Engine::new(test_engine_config(seed ^ 0xfeed), now)
-                    .expect("fresh engine");
-                let h = fresh.import(now, &st).expect("import");
-                let again = {
-                    let mut probe = chimney_netstack::Engine::new(test_engine_config(1), now).expect("engine");
-                    let h2 = probe.import(now, &st).expect("import copy");
-                    probe.export(now, h2).expect("export copy")
-                };
-                assert_eq!(again.tcp, st.tcp, "export → import → export must be the identity");
-                r.engine = fresh;
-                tx.conn = h;
-                rx.conn = h;
-                migrated = true;
-                println!("cell {name}: migrated at {} bytes sent / {} received, {} bytes unacked",
-                    tx.off, rx.n, st.tcp.send_data.len());
+    rig.run_until(
+        Duration::from_secs(limit_secs()),
+        &format!("{name} transfer"),
+        |r| {
+            tx.feed(&mut r.engine);
+            rx.drain(&mut r.engine);
+            if rx.n == len && rx_done.is_none() {
+                rx_done = Some(t0.elapsed());
             }
-        }
-        let peer_done = peer_thread.is_finished();
-        let st = r.engine.state(tx.conn).ok();
-        peer_done
-            && rx.n == len
-            && matches!(
-                st,
-                Some(TcpConnectionState::TimeWait) | Some(TcpConnectionState::Closed) | None
-            )
-    });
+            if let Ok(s) = r.engine.conn_stats(tx.conn) {
+                stats = Some(s);
+            }
+            if let Some(at) = migrate_at {
+                let in_flight = r.engine.tcb(tx.conn).is_ok_and(|t| t.snd_max != t.snd_una);
+                if !migrated && tx.off >= at && rx.n >= at && in_flight {
+                    // Export mid-transfer with data in flight and unacknowledged; import into a
+                    // brand-new engine instance (DESIGN rule 5).
+                    let now = r.now();
+                    let st = r.engine.export(now, tx.conn).expect("export mid-transfer");
+                    assert!(
+                        st.tcp.delegated.snd_max != st.tcp.delegated.snd_una,
+                        "export should catch data in flight"
+                    );
+                    // Owed frames of the old engine go out first.
+                    r.flush_pending();
+                    let mut fresh =
+                        chimney_netstack::Engine::new(test_engine_config(seed ^ 0xfeed), now)
+                            .expect("fresh engine");
+                    let h = fresh.import(now, &st).expect("import");
+                    let again = {
+                        let mut probe = chimney_netstack::Engine::new(test_engine_config(1), now)
+                            .expect("engine");
+                        let h2 = probe.import(now, &st).expect("import copy");
+                        probe.export(now, h2).expect("export copy")
+                    };
+                    assert_eq!(
+                        again.tcp, st.tcp,
+                        "export → import → export must be the identity"
+                    );
+                    r.engine = fresh;
+                    tx.conn = h;
+                    rx.conn = h;
+                    migrated = true;
+                    println!(
+                        "cell {name}: migrated at {} bytes sent / {} received, {} bytes unacked",
+                        tx.off,
+                        rx.n,
+                        st.tcp.send_data.len()
+                    );
+                }
+            }
+            let peer_done = peer_thread.is_finished();
+            let st = r.engine.state(tx.conn).ok();
+            peer_done
+                && rx.n == len
+                && matches!(
+                    st,
+                    Some(TcpConnectionState::TimeWait) | Some(TcpConnectionState::Closed) | None
+                )
+        },
+    );
     let (kernel_sent, kernel_got, kernel_sha) = peer_thread.join().expect("peer thread");
-    assert_eq!(migrated, migrate_at.is_some(), "{name}: migration happened as asked");
+    assert_eq!(
+        migrated,
+        migrate_at.is_some(),
+        "{name}: migration happened as asked"
+    );
     let want_to_kernel = expected_sha(to_kernel_seed, len);
     let want_from_kernel = expected_sha(from_kernel_seed, len);
     assert_eq!(kernel_sent, len);
@@ -184,7 +205,12 @@ pub fn transfer_opts(cell: Cell, v6: bool, active: bool, seed: u64, len: u64, mi
 fn export_import_mid_transfer_64mib_ipv4_keeps_sha256() {
     let len = bytes();
     transfer_opts(
-        Cell { loss: 0, reorder: false, dup: false, corrupt: false },
+        Cell {
+            loss: 0,
+            reorder: false,
+            dup: false,
+            corrupt: false,
+        },
         false,
         true,
         seed_from_env(0x4444),
@@ -197,7 +223,12 @@ fn export_import_mid_transfer_64mib_ipv4_keeps_sha256() {
 fn export_import_mid_transfer_lossy_ipv6_passive_keeps_sha256() {
     let len = (bytes() / 4).max(8 * MIB);
     transfer_opts(
-        Cell { loss: 1, reorder: true, dup: false, corrupt: false },
+        Cell {
+            loss: 1,
+            reorder: true,
+            dup: false,
+            corrupt: false,
+        },
         true,
         false,
         seed_from_env(0x4455),
@@ -209,7 +240,12 @@ fn export_import_mid_transfer_lossy_ipv6_passive_keeps_sha256() {
 #[test]
 fn clean_ipv4_active_1mib_both_ways() {
     transfer(
-        Cell { loss: 0, reorder: false, dup: false, corrupt: false },
+        Cell {
+            loss: 0,
+            reorder: false,
+            dup: false,
+            corrupt: false,
+        },
         false,
         true,
         seed_from_env(11),
@@ -239,7 +275,10 @@ fn run_cell(cell: Cell, base_seed: u64) {
             if v6 { "v6" } else { "v4" },
             if active { "active" } else { "passive" }
         );
-        if only.as_deref().is_some_and(|o| o != name && o != cell.name()) {
+        if only
+            .as_deref()
+            .is_some_and(|o| o != name && o != cell.name())
+        {
             continue;
         }
         // Each connection's seed is printed; NETSTACK_SEED + NETSTACK_CELL re-runs exactly it.
@@ -250,7 +289,9 @@ fn run_cell(cell: Cell, base_seed: u64) {
         };
         // The four connections of a cell run at once, each in its own namespace: lossy cells
         // mostly wait on timers, so this keeps the wall time down on two cores.
-        threads.push(std::thread::spawn(move || transfer(cell, v6, active, s, bytes())));
+        threads.push(std::thread::spawn(move || {
+            transfer(cell, v6, active, s, bytes())
+        }));
     }
     let mut failed = vec![];
     for t in threads {

@@ -115,25 +115,47 @@ prop_compose! {
     }
 }
 
-fn export_of(tps: u32, v6: bool, now_us: u64, tcp: TcpOffloadState, mac: [u8; 6], nrd: u32, mtu: u32) -> ConnectionExport {
+fn export_of(
+    tps: u32,
+    v6: bool,
+    now_us: u64,
+    tcp: TcpOffloadState,
+    mac: [u8; 6],
+    nrd: u32,
+    mtu: u32,
+) -> ConnectionExport {
     let mut src = [0u8; 32];
     src[..6].copy_from_slice(&MAC);
     let mut dst = [0u8; 32];
     dst[..6].copy_from_slice(&mac);
     let (s, d): (IpAddr, IpAddr) = if v6 {
-        (V6.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into())
+        (
+            V6.into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        )
     } else {
         (V4.into(), Ipv4Addr::new(192, 0, 2, 1).into())
     };
     let _ = (tps, now_us);
     ConnectionExport {
         neighbor: NeighborState {
-            const_: NeighborConst { dl_source_address: src, vlan_id: 0 },
-            cached: NeighborCached { dl_destination_address: dst, host_reachability_delta: nrd },
-            delegated: NeighborDelegated { nic_reachability_delta: nrd },
+            const_: NeighborConst {
+                dl_source_address: src,
+                vlan_id: 0,
+            },
+            cached: NeighborCached {
+                dl_destination_address: dst,
+                host_reachability_delta: nrd,
+            },
+            delegated: NeighborDelegated {
+                nic_reachability_delta: nrd,
+            },
         },
         path: PathState {
-            const_: PathConst { source_address: s, destination_address: d },
+            const_: PathConst {
+                source_address: s,
+                destination_address: d,
+            },
             cached: PathCached { path_mtu: mtu },
         },
         tcp,
@@ -181,22 +203,53 @@ fn import_refuses_invalid_states_naming_the_field() {
 
     let mut bad = base.clone();
     bad.tcp.delegated.state = TcpConnectionState::SynSent;
-    assert!(matches!(e.import(now, &bad), Err(EngineError::Import { field: "TcpDelegated.State", .. })));
+    assert!(matches!(
+        e.import(now, &bad),
+        Err(EngineError::Import {
+            field: "TcpDelegated.State",
+            ..
+        })
+    ));
 
     let mut bad = base.clone();
     bad.tcp.delegated.snd_nxt = bad.tcp.delegated.snd_max.wrapping_add(1);
-    assert!(matches!(e.import(now, &bad), Err(EngineError::Import { field: "TcpDelegated.SndNxt", .. })));
+    assert!(matches!(
+        e.import(now, &bad),
+        Err(EngineError::Import {
+            field: "TcpDelegated.SndNxt",
+            ..
+        })
+    ));
 
     let mut bad = base.clone();
     bad.tcp.const_.snd_wind_scale = 15;
-    assert!(matches!(e.import(now, &bad), Err(EngineError::Import { .. })));
+    assert!(matches!(
+        e.import(now, &bad),
+        Err(EngineError::Import { .. })
+    ));
 
     let mut bad = base.clone();
-    bad.tcp.delegated.snd_max = bad.tcp.delegated.snd_una.wrapping_add(bad.tcp.send_data.len() as u32 + 2);
+    bad.tcp.delegated.snd_max = bad
+        .tcp
+        .delegated
+        .snd_una
+        .wrapping_add(bad.tcp.send_data.len() as u32 + 2);
     bad.tcp.delegated.snd_nxt = bad.tcp.delegated.snd_una;
-    assert!(matches!(e.import(now, &bad), Err(EngineError::Import { field: "SendData", .. })));
+    assert!(matches!(
+        e.import(now, &bad),
+        Err(EngineError::Import {
+            field: "SendData",
+            ..
+        })
+    ));
 
     let mut bad = base.clone();
     bad.path.const_.source_address = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77));
-    assert!(matches!(e.import(now, &bad), Err(EngineError::Import { field: "Path.SourceAddress", .. })));
+    assert!(matches!(
+        e.import(now, &bad),
+        Err(EngineError::Import {
+            field: "Path.SourceAddress",
+            ..
+        })
+    ));
 }

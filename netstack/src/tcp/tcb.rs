@@ -693,8 +693,7 @@ impl Tcb {
         // Window update (RFC 9293 §3.10.7.4).
         let new_wnd = u32::from(seg.window) << self.snd_wscale;
         let window_changed = new_wnd != self.snd_wnd;
-        if seq::lt(self.snd_wl1, seg.seq)
-            || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack))
+        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack))
         {
             self.snd_wnd = new_wnd;
             self.snd_wl1 = seg.seq;
@@ -865,7 +864,7 @@ impl Tcb {
             return;
         }
         let lost_by_sack = false; // checked for every ACK in sack_loss_checks
-        // RFC 6582 §3.2: only a "high" ACK (beyond `recover`) starts a new recovery.
+                                  // RFC 6582 §3.2: only a "high" ACK (beyond `recover`) starts a new recovery.
         let high = seq::gt(self.snd_una, self.recover) || self.recover == self.snd_una;
         if (self.dup_acks >= 3 || lost_by_sack) && (high || self.sack_enabled) {
             self.enter_recovery();
@@ -911,10 +910,7 @@ impl Tcb {
                 .filter(|r| seq::gt(r.1, mark))
                 .map(|&(s, e)| seq::dist(seq::max(s, mark), e))
                 .sum();
-            let hole_retransmitted = self
-                .sb
-                .next_hole(self.snd_una, self.high_rxt)
-                .is_some();
+            let hole_retransmitted = self.sb.next_hole(self.snd_una, self.high_rxt).is_some();
             if beyond >= 3 * smss && seq::gt(top, mark) && hole_retransmitted {
                 // Lost retransmission: a new pass over the holes, one more reduction.
                 self.high_rxt = self.snd_una;
@@ -1101,10 +1097,7 @@ impl Tcb {
         let mut n = 0;
         // RFC 2018 §4: the block holding the most recent segment first.
         if let Some((rs, _)) = self.recent_sack {
-            if let Some(&r) = ranges
-                .iter()
-                .find(|&&(s, e)| seq::in_range(rs, s, e))
-            {
+            if let Some(&r) = ranges.iter().find(|&&(s, e)| seq::in_range(rs, s, e)) {
                 out[0] = Some(r);
                 n = 1;
             }
@@ -1127,9 +1120,7 @@ impl Tcb {
             seq: seq_no,
             ack: Some(self.rcv_nxt),
             window,
-            ts: self
-                .ts_enabled
-                .then(|| (self.ts_val(now), self.ts_recent)),
+            ts: self.ts_enabled.then(|| (self.ts_val(now), self.ts_recent)),
             sack: self.sack_blocks(),
             ..OutSegment::default()
         }
@@ -1203,9 +1194,7 @@ impl Tcb {
         } else {
             s.wscale = self.ws_enabled.then_some(self.rcv_wscale);
             s.sack_permitted = self.sack_enabled;
-            s.ts = self
-                .ts_enabled
-                .then(|| (self.ts_val(now), self.ts_recent));
+            s.ts = self.ts_enabled.then(|| (self.ts_val(now), self.ts_recent));
         }
         self.snd_nxt = self.iss.wrapping_add(1);
         if seq::gt(self.snd_nxt, self.snd_max) {
@@ -1385,7 +1374,8 @@ impl Tcb {
         let fin_at = self.fin_seq;
         let data_end = self.send_end();
         let mut len = seq::dist(start, seq::min(end, data_end)).min(smss);
-        let fin = len < smss && fin_at.is_some_and(|f| start.wrapping_add(len) == f)
+        let fin = len < smss
+            && fin_at.is_some_and(|f| start.wrapping_add(len) == f)
             && seq::gt(self.snd_max, fin_at.unwrap_or(start));
         if len == 0 && !fin {
             // Only the FIN is outstanding.
@@ -1423,18 +1413,23 @@ impl Tcb {
 
     /// Whether there is something to send now (cheap check for the engine's ready list).
     pub fn wants_output(&self) -> bool {
-        self.send_rst || self.ack_now || self.probe_pending || self.ka_probe_pending || {
-            matches!(self.state, State::SynSent | State::SynRcvd) && self.snd_nxt == self.iss
-        } || (self.is_synchronized() && (self.unsent() > 0 || self.in_recovery || self.rexmit_una || self.fin_seq.is_some_and(|f| !seq::gt(self.snd_max, f))))
+        self.send_rst
+            || self.ack_now
+            || self.probe_pending
+            || self.ka_probe_pending
+            || { matches!(self.state, State::SynSent | State::SynRcvd) && self.snd_nxt == self.iss }
+            || (self.is_synchronized()
+                && (self.unsent() > 0
+                    || self.in_recovery
+                    || self.rexmit_una
+                    || self.fin_seq.is_some_and(|f| !seq::gt(self.snd_max, f))))
     }
 
     // ---- Export / import (§2.6) -------------------------------------------------------
 
     /// The chimney TCP state of this connection at `now` (ticks).
     pub fn export(&self, now: Tick) -> TcpOffloadState {
-        let delta = |d: Option<Tick>| {
-            d.map_or(TIMER_STOPPED, |d| ticks32(d.saturating_sub(now)))
-        };
+        let delta = |d: Option<Tick>| d.map_or(TIMER_STOPPED, |d| ticks32(d.saturating_sub(now)));
         let mut flags = 0;
         if self.ts_enabled {
             flags |= TCP_FLAG_TIMESTAMP_ENABLED;
@@ -1547,7 +1542,11 @@ impl Tcb {
         t.rtx_deadline = at(d.retransmit.timeout_delta);
         t.send_base = d.snd_una;
         t.send.push(&st.send_data);
-        t.recv.write(d.rcv_nxt.wrapping_sub(st.buffered_data.len() as u32), d.rcv_nxt.wrapping_sub(st.buffered_data.len() as u32), &st.buffered_data);
+        t.recv.write(
+            d.rcv_nxt.wrapping_sub(st.buffered_data.len() as u32),
+            d.rcv_nxt.wrapping_sub(st.buffered_data.len() as u32),
+            &st.buffered_data,
+        );
         t.fin_seq = match d.state {
             State::FinWait1 | State::Closing | State::LastAck => {
                 Some(d.snd_una.wrapping_add(st.send_data.len() as u32))

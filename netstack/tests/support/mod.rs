@@ -11,8 +11,7 @@ use std::time::Duration;
 use chimney_netstack::impair::{ImpairConfig, Impairment};
 use chimney_netstack::{ConnHandle, Engine, EngineConfig, Event, Instant};
 use chimney_wire::{
-    PcapWriter, Topology, TopologyConfig, VnetHeader, GUEST_IPV4, GUEST_IPV6, PEER_IPV4,
-    PEER_IPV6,
+    PcapWriter, Topology, TopologyConfig, VnetHeader, GUEST_IPV4, GUEST_IPV6, PEER_IPV4, PEER_IPV6,
 };
 use sha2::{Digest, Sha256};
 
@@ -158,9 +157,8 @@ impl Rig {
     }
 
     pub fn with_pcap(mut self, name: &str) -> Self {
-        let dir = std::env::var("NETSTACK_PCAP_DIR").unwrap_or_else(|_| {
-            std::env::temp_dir().to_string_lossy().into_owned()
-        });
+        let dir = std::env::var("NETSTACK_PCAP_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().to_string_lossy().into_owned());
         let path = PathBuf::from(dir).join(format!("{name}-{}.pcap", std::process::id()));
         self.pcap = Some(PcapWriter::create(&path).expect("create pcap"));
         self.pcap_path = Some(path);
@@ -234,7 +232,11 @@ impl Rig {
                     hdr.csum_offset = off;
                 }
                 if let Some(g) = tx.gso {
-                    hdr.gso_type = if g.ipv6 { VnetHeader::GSO_TCPV6 } else { VnetHeader::GSO_TCPV4 };
+                    hdr.gso_type = if g.ipv6 {
+                        VnetHeader::GSO_TCPV6
+                    } else {
+                        VnetHeader::GSO_TCPV4
+                    };
                     hdr.gso_size = g.mss;
                     hdr.hdr_len = g.header_len;
                 }
@@ -251,7 +253,11 @@ impl Rig {
             }
             self.up.push(now, tx.frame);
             n += 1;
-            assert!(n < 100_000, "engine produced 100000 frames in one poll: {:?}", self.engine.stats());
+            assert!(
+                n < 100_000,
+                "engine produced 100000 frames in one poll: {:?}",
+                self.engine.stats()
+            );
         }
         while let Some(f) = self.up.pop(now) {
             if self.blackhole {
@@ -304,7 +310,12 @@ impl Rig {
     }
 
     /// Pump until `done` returns true or `limit` passes (then panic with `what`).
-    pub fn run_until(&mut self, limit: Duration, what: &str, mut done: impl FnMut(&mut Rig) -> bool) {
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut done: impl FnMut(&mut Rig) -> bool,
+    ) {
         let end = std::time::Instant::now() + limit;
         loop {
             if done(self) {
@@ -435,7 +446,9 @@ impl Sender {
             if cap == 0 {
                 break;
             }
-            let n = ((self.len - self.off) as usize).min(self.buf.len()).min(cap);
+            let n = ((self.len - self.off) as usize)
+                .min(self.buf.len())
+                .min(cap);
             fill(self.seed, self.off, &mut self.buf[..n]);
             let k = e.send(self.conn, &self.buf[..n]).expect("send");
             self.off += k as u64;
