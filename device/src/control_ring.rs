@@ -14,6 +14,8 @@
 //! posts buffers: nothing is dropped. While the outbox holds more than
 //! [`MAX_PENDING_BYTES`], new requests stay in the avail ring (back-pressure, not loss).
 
+use crate::data_path::DataPath;
+use crate::offload_glue;
 use crate::state_manipulation::{ObjectLimits, ObjectTable, OpError};
 use chimney_abi::caps::{NDIS_ENCAPSULATION_IEEE_802_3, NDIS_OFFLOAD_SUPPORTED};
 use chimney_abi::framing::{fragment, MIN_RX_BUFFER};
@@ -23,6 +25,7 @@ use chimney_abi::{
     RequestBody, RequestHeader, RxRecord, TcpConnectionOffload, ABI_MIN_VERSION, ABI_VERSION,
 };
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{debug, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -44,11 +47,30 @@ pub struct RingActivity {
 }
 
 /// Sans-io control plane: negotiation state, host parameters and the object table.
-#[derive(Debug)]
 pub struct ControlPlane {
     table: ObjectTable,
     version: Option<u16>,
     event_sequence: u64,
+    /// The offloaded connections' engines (None: state operations only, as in issue 2).
+    data: Option<SharedDataPath>,
+}
+
+/// The data path, shared by the NIC thread (switched frames) and the ring thread.
+pub type SharedDataPath = Arc<Mutex<DataPath>>;
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("table", &self.table)
+            .field("version", &self.version)
+            .field("event_sequence", &self.event_sequence)
+            .field("data_path", &self.data.is_some())
+            .finish()
+    }
+}
+
+fn lock_dp(d: &SharedDataPath) -> MutexGuard<'_, DataPath> {
+    d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn error_status(reason: Reason) -> NdisStatus {
@@ -85,7 +107,27 @@ impl ControlPlane {
             table: ObjectTable::new(limits),
             version: None,
             event_sequence: 0,
+            data: None,
         }
+    }
+
+    /// A control plane whose state operations act on live connections in `data`.
+    pub fn with_data_path(limits: ObjectLimits, data: SharedDataPath) -> Self {
+        Self {
+            data: Some(data),
+            ..Self::new(limits)
+        }
+    }
+
+    /// Events the data path raised (disconnect, abort, retrieve, …), sequenced, for rx.
+    pub fn data_events(&mut self) -> Vec<RxRecord> {
+        let Some(d) = self.data.clone() else {
+            return Vec::new();
+        };
+        let evs: Vec<Event> = lock_dp(&d).take_events().collect();
+        evs.into_iter()
+            .map(|e| RxRecord::Event(self.sequenced(e)))
+            .collect()
     }
 
     pub fn table(&self) -> &ObjectTable {
@@ -100,7 +142,7 @@ impl ControlPlane {
     /// Handle one request record; returns the completion followed by any events the
     /// operation raised.
     pub fn handle(&mut self, record: &[u8], tx_head: u16) -> Vec<RxRecord> {
-        let req = match Request::decode(record) {
+        let (req, tcp_data) = match Request::decode_with_data(record) {
             Ok(r) => r,
             Err(e) => {
                 debug!(tx_head, error = %e.error, "request refused");
@@ -155,6 +197,13 @@ impl ControlPlane {
         }
         let op_err = |e: OpError| refuse(e.reason, e.field);
         let mut events = Vec::new();
+        // Events the data path raised earlier go out before this completion (so none can
+        // follow the terminate completion of its connection).
+        let mut pre: Vec<Event> = match &self.data {
+            Some(d) => lock_dp(d).take_events().collect(),
+            None => Vec::new(),
+        };
+        let dp = self.data.clone();
         let completion = match &req.body {
             RequestBody::Negotiate(n) => {
                 let lo = n.min_version.max(ABI_MIN_VERSION);
@@ -187,32 +236,69 @@ impl ControlPlane {
                 done(NdisStatus::SUCCESS, CompletionBody::SetParameters)
             }
             RequestBody::Initiate(t) => match self.table.initiate(t) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    if let Some(d) = &dp {
+                        offload_glue::after_initiate(
+                            &mut self.table,
+                            &mut lock_dp(d),
+                            t,
+                            &tcp_data,
+                            &mut r,
+                        );
+                    }
                     // Overall status = the root block's status.
                     let status = r.first().map_or(NdisStatus::FAILURE, |b| b.status);
                     done(status, CompletionBody::Initiate(r))
                 }
                 Err(e) => return op_err(e),
             },
-            RequestBody::Query(t) => match self.table.query(t) {
+            RequestBody::Query(t) => match self.refresh_for_query(t).query(t) {
                 Ok(r) => done(NdisStatus::SUCCESS, CompletionBody::Query(r)),
                 Err(e) => return op_err(e),
             },
             RequestBody::Update(t) => match self.table.update(t) {
-                Ok(r) => done(NdisStatus::SUCCESS, CompletionBody::Update(r)),
+                Ok(r) => {
+                    if let Some(d) = &dp {
+                        offload_glue::refresh_blocking(&self.table, &mut lock_dp(d));
+                    }
+                    done(NdisStatus::SUCCESS, CompletionBody::Update(r))
+                }
                 Err(e) => return op_err(e),
             },
             RequestBody::Invalidate(t) => match self.table.invalidate(t) {
                 Ok((r, ev)) => {
                     events = ev;
+                    if let Some(d) = &dp {
+                        offload_glue::refresh_blocking(&self.table, &mut lock_dp(d));
+                    }
                     done(NdisStatus::SUCCESS, CompletionBody::Invalidate(r))
                 }
                 Err(e) => return op_err(e),
             },
-            RequestBody::Terminate(t) => match self.table.terminate(t) {
-                Ok(r) => done(NdisStatus::SUCCESS, CompletionBody::Terminate(r)),
-                Err(e) => return op_err(e),
-            },
+            RequestBody::Terminate(t) => {
+                // Validate first (a refused tree changes nothing), then export live
+                // connections, then let the table free the objects.
+                let mut probe = self.table.clone();
+                if let Err(e) = probe.terminate(t) {
+                    return op_err(e);
+                }
+                let live = match &dp {
+                    Some(d) => {
+                        let (states, upload) =
+                            offload_glue::before_terminate(&self.table, &mut lock_dp(d), t);
+                        pre.extend(upload);
+                        states
+                    }
+                    None => Vec::new(),
+                };
+                match self.table.terminate(t) {
+                    Ok(mut r) => {
+                        offload_glue::patch_terminate(t, &mut r, &live);
+                        done(NdisStatus::SUCCESS, CompletionBody::Terminate(r))
+                    }
+                    Err(e) => return op_err(e),
+                }
+            }
         };
         debug!(
             request_id = completion.request_id,
@@ -222,13 +308,25 @@ impl ControlPlane {
             events = events.len(),
             "request completed"
         );
-        let mut out = vec![RxRecord::Completion(completion)];
+        let mut out: Vec<RxRecord> = pre
+            .into_iter()
+            .map(|e| RxRecord::Event(self.sequenced(e)))
+            .collect();
+        out.push(RxRecord::Completion(completion));
         out.extend(
             events
                 .into_iter()
                 .map(|e| RxRecord::Event(self.sequenced(e))),
         );
         out
+    }
+
+    /// Live delegated state into the table before a query (C-076); returns the table.
+    fn refresh_for_query(&mut self, t: &chimney_abi::Tree<chimney_abi::RefBlock>) -> &ObjectTable {
+        if let Some(d) = &self.data {
+            offload_glue::before_query(&mut self.table, &lock_dp(d), t);
+        }
+        &self.table
     }
 
     fn sequenced(&mut self, mut e: Event) -> Event {
@@ -281,8 +379,17 @@ pub struct ControlRing {
 
 impl ControlRing {
     pub fn new(limits: ObjectLimits) -> Self {
+        Self::with_plane(ControlPlane::new(limits))
+    }
+
+    /// A control ring whose operations act on the live connections of `data`.
+    pub fn with_data_path(limits: ObjectLimits, data: SharedDataPath) -> Self {
+        Self::with_plane(ControlPlane::with_data_path(limits, data))
+    }
+
+    fn with_plane(plane: ControlPlane) -> Self {
         Self {
-            plane: ControlPlane::new(limits),
+            plane,
             outbox: VecDeque::new(),
             sent: 0,
             pending_bytes: 0,

@@ -11,10 +11,13 @@
 
 pub mod backend;
 pub mod control_ring;
+pub mod conversion;
 pub mod daemon;
+pub mod data_path;
 mod error;
 pub mod features;
 pub mod nic;
+pub mod offload_glue;
 pub mod relay;
 pub mod state_manipulation;
 pub mod sys;

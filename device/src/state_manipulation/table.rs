@@ -197,6 +197,23 @@ impl ObjectTable {
         r.map_err(|reason| OpError::at(block, "handle", reason))
     }
 
+    /// Remove a TCP object the data path refused right after initiate.
+    pub(crate) fn remove_tcp(&mut self, h: DeviceHandle) {
+        if let Some(t) = self.tcp.remove(h) {
+            self.by_tuple.remove(&t.tuple());
+            if let Some(p) = self.paths.get_mut(t.path()) {
+                p.dependents = p.dependents.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Live delegated TCP state from the data path (query, C-076).
+    pub(crate) fn set_tcp_delegated(&mut self, h: DeviceHandle, d: chimney_abi::TcpDelegated) {
+        if let Some(t) = self.tcp.get_mut(h) {
+            t.delegated = d;
+        }
+    }
+
     pub(crate) fn is_invalid(&self, h: DeviceHandle) -> bool {
         match h.layer() {
             Some(Layer::Neighbor) => self.neighbors.get(h).is_some_and(|o| o.invalid),

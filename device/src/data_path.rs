@@ -1,0 +1,913 @@
+//! Data I/O (DESIGN.md rule 1, digest §3.6–§3.12) and the offloaded connections' TCP, sans-io.
+//!
+//! Each offloaded TCP object runs in its own chimney-netstack [`Engine`], imported at initiate
+//! from the ABI state plus the send and buffered receive data (C-054..C-059) and exported again
+//! at terminate. The [`DataPath`] is also the logical switch: [`DataPath::classify`] tells the
+//! NIC which received frames belong to an offloaded 4-tuple; everything else goes to the guest
+//! on queue pair 0.
+//!
+//! Interface (the I/O loop drives it; time is an argument, nothing here blocks):
+//! * `offload(handle, host_context, export, now)` / `terminate(handle, now)`;
+//! * `handle_frame(now, handle, frame)` for switched frames, `data_request(now, req)` for data
+//!   tx records, `handle_timeout(now)` when `poll_timeout()` is due;
+//! * then `flush(now, wire)` hands frames to the wire and moves completions, receive data and
+//!   events into the outboxes: `take_records(pair)` (data rx records per data pair) and
+//!   `take_events()` (control-ring events).
+
+use crate::conversion;
+use chimney_abi::data_io::{data_pair_for, DataRecord, DataRequest, DataRxKind, FLAG_PUSH};
+use chimney_abi::event::{tcp_event, upload_reason};
+use chimney_abi::{DeviceHandle, Event, NdisStatus, TcpData};
+use chimney_netstack::{
+    ConnHandle, ConnectionExport, Engine, EngineConfig, EngineError, Event as NsEvent, Instant,
+    TcpConnectionState, Transmit, TxOffload,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+/// Indicated but not yet returned bytes per connection above which the device stops reading
+/// from the connection's receive buffer (the window then closes: real back-pressure).
+pub const MAX_OUTSTANDING_INDICATED: usize = 1 << 20;
+/// Default indication size when the host's RcvIndicationSize is 0 ("as much as possible").
+const DEFAULT_INDICATION: usize = 256 << 10;
+
+/// A 4-tuple as the switch sees it, from the device's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SwitchKey {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Errors of offload/terminate (the control plane turns them into block statuses).
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("4-tuple already offloaded")]
+    TupleInUse,
+    #[error("unknown TCP handle")]
+    UnknownHandle,
+}
+
+struct PendingSend {
+    request_id: u64,
+    /// Cumulative byte offset (since offload) at which this request's data ends.
+    end: u64,
+    len: u32,
+}
+
+struct Posted {
+    request_id: u64,
+    capacity: usize,
+    data: Vec<u8>,
+}
+
+struct Conn {
+    engine: Engine,
+    ch: ConnHandle,
+    host_context: u64,
+    key: SwitchKey,
+    pair: u16,
+    /// Bytes handed to us (host sends + initial unsent data) not yet in the engine.
+    unsent: VecDeque<u8>,
+    /// Cumulative bytes accepted from the host (offset 0 = SndUna at offload).
+    queued: u64,
+    /// Cumulative bytes acknowledged by the peer, and the SndUna that corresponds.
+    acked: u64,
+    snd_una: u32,
+    sends: VecDeque<PendingSend>,
+    posted: VecDeque<Posted>,
+    indicated_outstanding: HashMap<u64, usize>,
+    rcv_indication_size: usize,
+    /// Received bytes read out of the engine but not yet delivered (indication batch).
+    rx_hold: Vec<u8>,
+    peer_fin: bool,
+    disconnect_indicated: bool,
+    aborted: bool,
+    disconnect: Option<u64>,
+    /// Transmission stopped by an invalidate (C-100).
+    blocked: bool,
+    scratch: Vec<u8>,
+}
+
+/// The offloaded connections; see the module docs.
+pub struct DataPath {
+    mac: [u8; 6],
+    data_pairs: u16,
+    conns: HashMap<DeviceHandle, Conn>,
+    by_key: HashMap<SwitchKey, DeviceHandle>,
+    records: Vec<VecDeque<DataRecord>>,
+    events: VecDeque<Event>,
+    next_indication: u64,
+    tx_offload: TxOffload,
+    /// Connections with work for `flush` (received frames, requests, timers).
+    dirty: Vec<DeviceHandle>,
+    /// Handles terminated recently: their late data requests complete UPLOAD_IN_PROGRESS
+    /// (C-145: the host re-sends them on the host stack) instead of ERROR.
+    terminated: VecDeque<DeviceHandle>,
+    wire: WireSink,
+}
+
+/// Where the engines' frames go (the TAP in the device, a queue in tests).
+pub type WireSink = Box<dyn FnMut(&Transmit<'_>) + Send>;
+
+/// Monotonic time for the engines: microseconds since the first call in this process.
+pub fn now() -> Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let o = ORIGIN.get_or_init(std::time::Instant::now);
+    Instant::from_micros(o.elapsed().as_micros() as u64)
+}
+
+impl DataPath {
+    /// `mac`: the NIC's address (used when the neighbor's source MAC is zero, C-047).
+    /// `data_pairs`: how many data queue pairs there are (0 = records go to list 0).
+    pub fn new(mac: [u8; 6], data_pairs: u16, tx_offload: TxOffload, wire: WireSink) -> Self {
+        DataPath {
+            mac,
+            data_pairs,
+            conns: HashMap::new(),
+            by_key: HashMap::new(),
+            records: (0..data_pairs.max(1)).map(|_| VecDeque::new()).collect(),
+            events: VecDeque::new(),
+            next_indication: 1,
+            tx_offload,
+            dirty: Vec::new(),
+            terminated: VecDeque::new(),
+            wire,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn contains(&self, h: DeviceHandle) -> bool {
+        self.conns.contains_key(&h)
+    }
+
+    /// Which data pair (0-based among data pairs) serves `h`.
+    pub fn pair_of(&self, h: DeviceHandle) -> u16 {
+        data_pair_for(h, self.data_pairs)
+    }
+
+    /// Import a connection (initiate). Send data is mapped from SndUna (C-057): bytes up to
+    /// SndMax are in flight and retransmitted as needed (C-058), the rest goes out after them
+    /// (C-059); buffered receive data is delivered before anything received later (C-056).
+    pub fn offload(
+        &mut self,
+        handle: DeviceHandle,
+        host_context: u64,
+        export: &ConnectionExport,
+        now: Instant,
+    ) -> Result<(), DataPathError> {
+        let key = SwitchKey {
+            local: SocketAddr::new(
+                export.path.const_.source_address,
+                export.tcp.const_.local_port,
+            ),
+            remote: SocketAddr::new(
+                export.path.const_.destination_address,
+                export.tcp.const_.remote_port,
+            ),
+        };
+        if self.by_key.contains_key(&key) {
+            return Err(DataPathError::TupleInUse);
+        }
+        let src = &export.neighbor.const_.dl_source_address;
+        let mut mac = self.mac;
+        if src[..6] != [0; 6] {
+            mac.copy_from_slice(&src[..6]);
+        }
+        let (v4, v6) = match key.local.ip() {
+            IpAddr::V4(a) => (Some(a), None),
+            IpAddr::V6(a) => (None, Some(a)),
+        };
+        let mut cfg = EngineConfig::new(mac, v4, v6);
+        cfg.vlan_id = export.neighbor.const_.vlan_id;
+        cfg.offload = self.tx_offload;
+        cfg.mtu = export.path.cached.path_mtu.clamp(576, 65535) as u16;
+        cfg.seed = handle.0;
+        // Room for the imported data plus a window's worth of new sends.
+        let sd = export.tcp.send_data.len();
+        cfg.tcp.send_buffer = (sd + (1 << 20)).next_power_of_two();
+        cfg.tcp.recv_buffer = (export.tcp.buffered_data.len() + (1 << 20)).next_power_of_two();
+        let mut engine = Engine::new(cfg, now)?;
+        let mut import = export.clone();
+        // The engine keeps the in-flight part (SndUna..SndMax) itself; the rest of the send
+        // data is fed through `unsent` so the send buffer bound holds.
+        let in_flight =
+            chimney_netstack::seq::dist(export.tcp.delegated.snd_una, export.tcp.delegated.snd_max)
+                as usize;
+        let in_flight = in_flight.min(sd);
+        let rest = import.tcp.send_data.split_off(in_flight);
+        import.tcp.buffered_data = Vec::new();
+        let ch = engine.import(now, &import)?;
+        let pair = self.pair_of(handle);
+        let mut c = Conn {
+            engine,
+            ch,
+            host_context,
+            key,
+            pair,
+            unsent: rest.into(),
+            queued: sd as u64,
+            acked: 0,
+            snd_una: export.tcp.delegated.snd_una,
+            sends: VecDeque::new(),
+            posted: VecDeque::new(),
+            indicated_outstanding: HashMap::new(),
+            rcv_indication_size: match export.tcp.cached.rcv_indication_size as usize {
+                0 => DEFAULT_INDICATION,
+                n => n,
+            },
+            rx_hold: export.tcp.buffered_data.clone(),
+            peer_fin: false,
+            disconnect_indicated: false,
+            aborted: false,
+            disconnect: None,
+            blocked: false,
+            scratch: vec![0; 64 << 10],
+        };
+        c.feed();
+        self.by_key.insert(key, handle);
+        self.conns.insert(handle, c);
+        self.dirty.push(handle);
+        Ok(())
+    }
+
+    /// The logical switch: the offloaded connection a received frame belongs to.
+    pub fn classify(&self, frame: &[u8]) -> Option<DeviceHandle> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        let key = parse_key(frame)?;
+        self.by_key.get(&key).copied()
+    }
+
+    /// A frame the switch gave to `h`. `checked`: the TAP already verified checksums.
+    pub fn handle_frame(&mut self, now: Instant, h: DeviceHandle, frame: &[u8], checked: bool) {
+        if let Some(c) = self.conns.get_mut(&h) {
+            if let Err(e) = c.engine.handle_frame_with(now, frame, !checked) {
+                tracing::debug!(handle = h.0, error = %e, "offloaded frame dropped");
+            }
+            self.dirty.push(h);
+        }
+    }
+
+    /// A data tx record (already decoded). Results come out of `flush`.
+    pub fn data_request(&mut self, now: Instant, req: DataRequest) {
+        let h = req.handle();
+        let pair = self.pair_of(h);
+        let Some(c) = self.conns.get_mut(&h) else {
+            let out = &mut self.records[usize::from(pair)];
+            let kind = match req {
+                DataRequest::Send { .. } => DataRxKind::SendComplete,
+                DataRequest::PostReceive { .. } => DataRxKind::ReceiveComplete,
+                DataRequest::Disconnect { .. } => DataRxKind::DisconnectComplete,
+                DataRequest::Forward { .. } => DataRxKind::ForwardComplete,
+                DataRequest::ReceiveReturn { .. } => return,
+            };
+            if self.terminated.contains(&h) {
+                out.push_back(DataRecord {
+                    kind,
+                    flags: 0,
+                    handle: Some(h),
+                    request_id: req.request_id(),
+                    status: NdisStatus::UPLOAD_IN_PROGRESS,
+                    bytes: 0,
+                    data: Vec::new(),
+                });
+            } else {
+                out.push_back(DataRecord {
+                    kind: DataRxKind::Error,
+                    flags: 0,
+                    handle: Some(h),
+                    request_id: req.request_id(),
+                    status: NdisStatus::INVALID_STATE,
+                    bytes: chimney_abi::Reason::UnknownHandle as u32,
+                    data: Vec::new(),
+                });
+            }
+            return;
+        };
+        let out = &mut self.records[usize::from(c.pair)];
+        let complete = |kind, request_id, status, bytes| DataRecord {
+            kind,
+            flags: 0,
+            handle: Some(h),
+            request_id,
+            status,
+            bytes,
+            data: Vec::new(),
+        };
+        match req {
+            DataRequest::Send {
+                request_id, data, ..
+            } => {
+                if c.aborted {
+                    // C-145 / C-192: after an RST the host discards.
+                    out.push_back(complete(
+                        DataRxKind::SendComplete,
+                        request_id,
+                        NdisStatus::REQUEST_ABORTED,
+                        0,
+                    ));
+                } else if c.disconnect.is_some() {
+                    out.push_back(complete(
+                        DataRxKind::SendComplete,
+                        request_id,
+                        NdisStatus::INVALID_STATE,
+                        0,
+                    ));
+                } else {
+                    c.queued += data.len() as u64;
+                    c.sends.push_back(PendingSend {
+                        request_id,
+                        end: c.queued,
+                        len: data.len() as u32,
+                    });
+                    c.unsent.extend(data);
+                    c.feed();
+                }
+            }
+            DataRequest::PostReceive {
+                request_id,
+                capacity,
+                ..
+            } => {
+                if c.aborted || c.disconnect_indicated {
+                    // C-164: INVALID_STATE for buffers posted after a disconnect indication.
+                    let status = if c.aborted {
+                        NdisStatus::REQUEST_ABORTED
+                    } else {
+                        NdisStatus::INVALID_STATE
+                    };
+                    out.push_back(complete(DataRxKind::ReceiveComplete, request_id, status, 0));
+                } else {
+                    c.posted.push_back(Posted {
+                        request_id,
+                        capacity: capacity as usize,
+                        data: Vec::new(),
+                    });
+                }
+            }
+            DataRequest::ReceiveReturn { indication_id, .. } => {
+                // The window reopens for the returned bytes (see MAX_OUTSTANDING_INDICATED).
+                c.indicated_outstanding.remove(&indication_id);
+            }
+            DataRequest::Disconnect {
+                request_id,
+                abortive,
+                ..
+            } => {
+                if abortive {
+                    // C-181..C-183: RST now; sends complete REQUEST_ABORTED first.
+                    let _ = c.engine.abort(c.ch);
+                    c.aborted = true;
+                    for s in c.sends.drain(..) {
+                        out.push_back(complete(
+                            DataRxKind::SendComplete,
+                            s.request_id,
+                            NdisStatus::REQUEST_ABORTED,
+                            0,
+                        ));
+                    }
+                    out.push_back(complete(
+                        DataRxKind::DisconnectComplete,
+                        request_id,
+                        NdisStatus::SUCCESS,
+                        0,
+                    ));
+                } else if c.aborted || c.disconnect.is_some() {
+                    out.push_back(complete(
+                        DataRxKind::DisconnectComplete,
+                        request_id,
+                        NdisStatus::INVALID_STATE,
+                        0,
+                    ));
+                } else {
+                    // C-184: FIN after all queued data (sent once `unsent` drains).
+                    c.disconnect = Some(request_id);
+                    c.feed();
+                }
+            }
+            DataRequest::Forward {
+                request_id, data, ..
+            } => {
+                // C-198: a forwarded segment (TCP header on) is processed like a received one.
+                let status = match c.synthesize_frame(&data) {
+                    Some(frame) => {
+                        let _ = c.engine.handle_frame_with(now, &frame, false);
+                        NdisStatus::SUCCESS
+                    }
+                    None => NdisStatus::FAILURE,
+                };
+                out.push_back(complete(DataRxKind::ForwardComplete, request_id, status, 0));
+            }
+        }
+        self.dirty.push(h);
+    }
+
+    /// Earliest timer of any connection.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| c.engine.poll_timeout())
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (h, c) in self.conns.iter_mut() {
+            if c.engine.poll_timeout().is_some_and(|t| t <= now) {
+                c.engine.handle_timeout(now);
+                self.dirty.push(*h);
+            }
+        }
+    }
+
+    /// Move frames to `wire` and results into the outboxes for every connection with work.
+    pub fn flush(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable_by_key(|h| h.0);
+        dirty.dedup();
+        for h in dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(&h) else {
+                continue;
+            };
+            c.step(
+                now,
+                h,
+                &mut self.wire,
+                &mut self.records[usize::from(c.pair)],
+                &mut self.events,
+                &mut self.next_indication,
+            );
+        }
+        self.dirty = dirty;
+    }
+
+    /// Data rx records waiting for data pair `pair` (0-based among the data pairs).
+    pub fn take_records(&mut self, pair: u16) -> Option<&mut VecDeque<DataRecord>> {
+        self.records.get_mut(usize::from(pair))
+    }
+
+    /// Events for the control ring.
+    pub fn take_events(&mut self) -> impl Iterator<Item = Event> + '_ {
+        self.events.drain(..)
+    }
+
+    /// Terminate: pending delayed ACK goes out (through `wire`), then the live state is
+    /// exported with its unacknowledged send data and undelivered receive data; outstanding
+    /// sends and posted receives complete with UPLOAD_IN_PROGRESS (C-145, C-164). Returns
+    /// `None` for a connection that can no longer be exported (closed, reset) — the table's
+    /// state then stands, with State CLOSED.
+    pub fn terminate(
+        &mut self,
+        now: Instant,
+        h: DeviceHandle,
+    ) -> Result<Option<(ConnectionExport, TcpData)>, DataPathError> {
+        let Some(mut c) = self.conns.remove(&h) else {
+            return Err(DataPathError::UnknownHandle);
+        };
+        self.by_key.remove(&c.key);
+        self.terminated.push_back(h);
+        if self.terminated.len() > 4096 {
+            self.terminated.pop_front();
+        }
+        let wire = &mut self.wire;
+        // Account for what the peer acknowledged so far.
+        c.account_acks();
+        let out = &mut self.records[usize::from(c.pair)];
+        let result = match c.engine.export(now, c.ch) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::debug!(handle = h.0, error = %e, "terminate: nothing to export");
+                None
+            }
+        };
+        while let Some(t) = c.engine.poll_transmit(now) {
+            wire(&t);
+        }
+        // Undelivered received data: what posted buffers hold (not completed), then what the
+        // device held back for an indication, then the engine's buffer (in the export).
+        let mut buffered = Vec::new();
+        for p in c.posted.drain(..) {
+            buffered.extend_from_slice(&p.data);
+            out.push_back(DataRecord {
+                kind: DataRxKind::ReceiveComplete,
+                flags: 0,
+                handle: Some(h),
+                request_id: p.request_id,
+                status: NdisStatus::UPLOAD_IN_PROGRESS,
+                bytes: 0,
+                data: Vec::new(),
+            });
+        }
+        buffered.extend_from_slice(&c.rx_hold);
+        for s in c.sends.drain(..) {
+            out.push_back(DataRecord {
+                kind: DataRxKind::SendComplete,
+                flags: 0,
+                handle: Some(h),
+                request_id: s.request_id,
+                status: NdisStatus::UPLOAD_IN_PROGRESS,
+                bytes: 0,
+                data: Vec::new(),
+            });
+        }
+        if let Some(rid) = c.disconnect.take() {
+            out.push_back(DataRecord {
+                kind: DataRxKind::DisconnectComplete,
+                flags: 0,
+                handle: Some(h),
+                request_id: rid,
+                status: NdisStatus::UPLOAD_IN_PROGRESS,
+                bytes: 0,
+                data: Vec::new(),
+            });
+        }
+        let Some(mut e) = result else {
+            return Ok(None);
+        };
+        buffered.extend_from_slice(&e.tcp.buffered_data);
+        e.tcp.buffered_data = buffered.clone();
+        // The engine's send data from SndUna, then what never reached the engine.
+        e.tcp.send_data.extend(c.unsent.iter().copied());
+        let data = TcpData {
+            block: 0,
+            send: e.tcp.send_data.clone(),
+            buffered,
+        };
+        Ok(Some((e, data)))
+    }
+
+    /// Stop (true) or allow (false) transmission of `h`: an invalidated neighbor or path
+    /// stops every dependent connection at once (C-100). Frames stay in the engine, which
+    /// retransmits when allowed again.
+    pub fn set_blocked(&mut self, h: DeviceHandle, blocked: bool) {
+        if let Some(c) = self.conns.get_mut(&h) {
+            if c.blocked != blocked {
+                c.blocked = blocked;
+                self.dirty.push(h);
+            }
+        }
+    }
+
+    /// Queued send bytes and held receive bytes of a connection (query backlog, stats).
+    pub fn backlog(&self, h: DeviceHandle) -> Option<(u64, usize)> {
+        self.conns
+            .get(&h)
+            .map(|c| (c.queued - c.acked, c.rx_hold.len()))
+    }
+
+    /// Current delegated TCP state of `h` (query, C-076), without removing it.
+    pub fn delegated(&self, now: Instant, h: DeviceHandle) -> Option<chimney_abi::TcpDelegated> {
+        let c = self.conns.get(&h)?;
+        let t = c.engine.tcb(c.ch).ok()?;
+        let st = t.export(c.engine.clock().tick(now));
+        Some(conversion::tcp_delegated_from_ns(
+            &st.delegated,
+            (c.queued - c.acked).min(u64::from(u32::MAX)) as u32,
+            c.rx_hold.len() as u32,
+        ))
+    }
+}
+
+impl Conn {
+    /// Move `unsent` into the engine as its send buffer allows; close when a graceful
+    /// disconnect is pending and everything is in.
+    fn feed(&mut self) {
+        while !self.unsent.is_empty() {
+            let (a, _) = self.unsent.as_slices();
+            let n = self.engine.send(self.ch, a).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            self.unsent.drain(..n);
+        }
+        if self.unsent.is_empty() && self.disconnect.is_some() {
+            let _ = self.engine.close(self.ch);
+        }
+    }
+
+    fn account_acks(&mut self) {
+        if let Ok(t) = self.engine.tcb(self.ch) {
+            let una = t.snd_una;
+            let d = una.wrapping_sub(self.snd_una);
+            if d < 1 << 31 {
+                // A FIN's sequence number counts in SndUna but is not data.
+                self.acked = (self.acked + u64::from(d)).min(self.queued);
+                self.snd_una = una;
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        now: Instant,
+        h: DeviceHandle,
+        wire: &mut WireSink,
+        out: &mut VecDeque<DataRecord>,
+        events: &mut VecDeque<Event>,
+        next_indication: &mut u64,
+    ) {
+        let rec = |kind, request_id, status, bytes, flags, data| DataRecord {
+            kind,
+            flags,
+            handle: Some(h),
+            request_id,
+            status,
+            bytes,
+            data,
+        };
+        while let Some(e) = self.engine.poll_event() {
+            match e {
+                NsEvent::PeerClosed(_) => self.peer_fin = true,
+                NsEvent::Reset(_) if !self.aborted => {
+                    // C-192: abort indication, outstanding requests REQUEST_ABORTED.
+                    self.aborted = true;
+                    events.push_back(Event::tcp(h, self.host_context, tcp_event::ABORT, 0));
+                    for s in self.sends.drain(..) {
+                        out.push_back(rec(
+                            DataRxKind::SendComplete,
+                            s.request_id,
+                            NdisStatus::REQUEST_ABORTED,
+                            0,
+                            0,
+                            Vec::new(),
+                        ));
+                    }
+                    for p in self.posted.drain(..) {
+                        let n = p.data.len() as u32;
+                        out.push_back(rec(
+                            DataRxKind::ReceiveComplete,
+                            p.request_id,
+                            NdisStatus::REQUEST_ABORTED,
+                            n,
+                            0,
+                            p.data,
+                        ));
+                    }
+                }
+                NsEvent::TimedOut(_) => events.push_back(Event::tcp(
+                    h,
+                    self.host_context,
+                    tcp_event::RETRIEVE,
+                    upload_reason::TIMEOUT_EXPIRATION,
+                )),
+                NsEvent::TimeWait(_) => {
+                    // C-133: ask for the upload on entering TIME_WAIT (reason: digest §7.1 8).
+                    events.push_back(Event::tcp(
+                        h,
+                        self.host_context,
+                        tcp_event::RETRIEVE,
+                        upload_reason::UPLOAD_REQUESTED,
+                    ))
+                }
+                _ => {}
+            }
+        }
+        self.feed();
+        // Sends complete in order once every byte of them is acknowledged (C-142, C-140).
+        self.account_acks();
+        while let Some(s) = self.sends.front() {
+            if s.end > self.acked {
+                break;
+            }
+            let len = s.len;
+            let rid = s.request_id;
+            self.sends.pop_front();
+            out.push_back(rec(
+                DataRxKind::SendComplete,
+                rid,
+                NdisStatus::SUCCESS,
+                len,
+                0,
+                Vec::new(),
+            ));
+        }
+        if let Some(rid) = self.disconnect {
+            let closed_ok = self
+                .engine
+                .tcb(self.ch)
+                .map(|t| {
+                    t.snd_una == t.snd_max
+                        && t.send.is_empty()
+                        && matches!(
+                            self.engine.state(self.ch),
+                            Ok(TcpConnectionState::FinWait2
+                                | TcpConnectionState::TimeWait
+                                | TcpConnectionState::Closed
+                                | TcpConnectionState::Closing
+                                | TcpConnectionState::LastAck)
+                        )
+                })
+                .unwrap_or(true);
+            if closed_ok && self.unsent.is_empty() && self.sends.is_empty() {
+                // C-186: the FIN and all data are acknowledged.
+                let fin_acked = self
+                    .engine
+                    .tcb(self.ch)
+                    .map(|t| t.snd_una == t.snd_max)
+                    .unwrap_or(true);
+                if fin_acked {
+                    self.disconnect = None;
+                    out.push_back(rec(
+                        DataRxKind::DisconnectComplete,
+                        rid,
+                        NdisStatus::SUCCESS,
+                        0,
+                        0,
+                        Vec::new(),
+                    ));
+                }
+            }
+        }
+        self.deliver(h, out, next_indication);
+        // C-191: the peer's FIN is indicated only after all earlier data was delivered.
+        if self.peer_fin
+            && !self.disconnect_indicated
+            && !self.aborted
+            && self.rx_hold.is_empty()
+            && self.posted.iter().all(|p| p.data.is_empty())
+            && self
+                .engine
+                .tcb(self.ch)
+                .map(|t| t.recv.readable())
+                .unwrap_or(0)
+                == 0
+        {
+            self.disconnect_indicated = true;
+            events.push_back(Event::tcp(h, self.host_context, tcp_event::DISCONNECT, 0));
+        }
+        while !self.blocked {
+            let Some(t) = self.engine.poll_transmit(now) else {
+                break;
+            };
+            wire(&t);
+        }
+    }
+
+    /// Receive delivery (C-158..C-173): posted buffers first, in posting order, each
+    /// completed when full or when the data ran out (push); with none posted, indicate up to
+    /// RcvIndicationSize per record while fewer than MAX_OUTSTANDING_INDICATED bytes are out.
+    fn deliver(&mut self, h: DeviceHandle, out: &mut VecDeque<DataRecord>, next: &mut u64) {
+        loop {
+            if self.rx_hold.is_empty() {
+                let outstanding: usize = self.indicated_outstanding.values().sum();
+                if self.posted.is_empty() && outstanding >= MAX_OUTSTANDING_INDICATED {
+                    break;
+                }
+                let n = self.engine.recv(self.ch, &mut self.scratch).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                self.rx_hold.extend_from_slice(&self.scratch[..n]);
+            }
+            if let Some(p) = self.posted.front_mut() {
+                let k = (p.capacity - p.data.len()).min(self.rx_hold.len());
+                p.data.extend(self.rx_hold.drain(..k));
+                if p.data.len() == p.capacity {
+                    if let Some(p) = self.posted.pop_front() {
+                        out.push_back(completed(h, p, 0));
+                    }
+                }
+                continue;
+            }
+            let k = self.rx_hold.len().min(self.rcv_indication_size);
+            let data: Vec<u8> = self.rx_hold.drain(..k).collect();
+            let id = *next;
+            *next += 1;
+            self.indicated_outstanding.insert(id, data.len());
+            out.push_back(DataRecord {
+                kind: DataRxKind::ReceiveIndicate,
+                flags: FLAG_PUSH,
+                handle: Some(h),
+                request_id: id,
+                status: NdisStatus::SUCCESS,
+                bytes: data.len() as u32,
+                data,
+            });
+        }
+        // Push: a partly filled buffer completes when no more data is waiting (C-161).
+        if let Some(p) = self.posted.front() {
+            if !p.data.is_empty() && self.rx_hold.is_empty() {
+                if let Some(p) = self.posted.pop_front() {
+                    out.push_back(completed(h, p, FLAG_PUSH));
+                }
+            }
+        }
+    }
+
+    /// An Ethernet + IP header around a forwarded TCP segment (C-196: no IP header given).
+    fn synthesize_frame(&self, tcp: &[u8]) -> Option<Vec<u8>> {
+        if tcp.len() < 20 || tcp.len() > 65_000 {
+            return None;
+        }
+        let cfg = self.engine.config();
+        let mut f = Vec::with_capacity(14 + 40 + tcp.len());
+        f.extend_from_slice(&cfg.mac);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xfe]);
+        match (self.key.remote.ip(), self.key.local.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let total = (20 + tcp.len()) as u16;
+                let mut ip = [0u8; 20];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
+                ip[6] = 0x40;
+                ip[8] = 64;
+                ip[9] = 6;
+                ip[12..16].copy_from_slice(&s.octets());
+                ip[16..20].copy_from_slice(&d.octets());
+                let ck = ip_checksum(&ip);
+                ip[10..12].copy_from_slice(&ck.to_be_bytes());
+                f.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&0x86DDu16.to_be_bytes());
+                let mut ip = [0u8; 40];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
+                ip[6] = 6;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&s.octets());
+                ip[24..40].copy_from_slice(&d.octets());
+                f.extend_from_slice(&ip);
+            }
+            _ => return None,
+        }
+        f.extend_from_slice(tcp);
+        Some(f)
+    }
+}
+
+fn completed(h: DeviceHandle, p: Posted, flags: u16) -> DataRecord {
+    DataRecord {
+        kind: DataRxKind::ReceiveComplete,
+        flags,
+        handle: Some(h),
+        request_id: p.request_id,
+        status: NdisStatus::SUCCESS,
+        bytes: p.data.len() as u32,
+        data: p.data,
+    }
+}
+
+fn ip_checksum(h: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in h.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// The switch key of a received Ethernet frame (optionally 802.1Q-tagged) carrying TCP over
+/// IPv4 (no fragments) or IPv6 (no extension headers): local = destination.
+pub fn parse_key(f: &[u8]) -> Option<SwitchKey> {
+    let mut off = 12;
+    let mut et = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    if et == 0x8100 {
+        off += 4;
+        et = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    }
+    let ip = f.get(off + 2..)?;
+    let (src, dst, l4): (IpAddr, IpAddr, &[u8]) = match et {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            if ip.first()? >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 {
+                return None;
+            }
+            // Fragments go up the normal path (no reassembly, §3.5/C-179).
+            let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+            if frag & 0x3fff != 0 {
+                return None;
+            }
+            let s: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let d: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (s.into(), d.into(), ip.get(ihl..)?)
+        }
+        0x86DD => {
+            if ip.first()? >> 4 != 6 || *ip.get(6)? != 6 {
+                return None;
+            }
+            let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (s.into(), d.into(), ip.get(40..)?)
+        }
+        _ => return None,
+    };
+    let sp = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+    let dp = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+    Some(SwitchKey {
+        local: SocketAddr::new(dst, dp),
+        remote: SocketAddr::new(src, sp),
+    })
+}

@@ -1,0 +1,165 @@
+//! What the state operations do to live connections: initiate imports new TCP objects into
+//! the data path, query reads their live delegated state (C-076), invalidate/update stop or
+//! restart transmission (C-100), terminate exports them (C-111, C-116) and raises the
+//! UPLOAD_DATA event before the completion (ring-abi.md §16.4).
+
+use crate::conversion;
+use crate::data_path::{now, DataPath};
+use crate::state_manipulation::ObjectTable;
+use chimney_abi::event::tcp_event;
+use chimney_abi::{
+    BlockResult, DelegatedState, DeviceHandle, Event, InitiateBlock, Layer, NdisStatus,
+    ObjectState, RefBlock, TcpData, TerminateBlock, Tree,
+};
+use std::convert::Infallible;
+
+/// After a successful `ObjectTable::initiate`: import every new TCP object. A connection the
+/// engine refuses (bad state, data shorter than SndMax − SndUna, C-054) is removed again and
+/// its block fails with FAILURE.
+pub fn after_initiate(
+    table: &mut ObjectTable,
+    dp: &mut DataPath,
+    tree: &Tree<InitiateBlock>,
+    data: &[TcpData],
+    results: &mut [BlockResult<Infallible>],
+) {
+    let now = now();
+    for (i, b) in tree.blocks.iter().enumerate() {
+        if !matches!(b.body, InitiateBlock::New(ObjectState::Tcp(_))) {
+            continue;
+        }
+        let Some(r) = results.get_mut(i) else {
+            continue;
+        };
+        let Some(h) = r.handle else { continue };
+        let Some((n, p, t, ctx)) = abi_tcp_state(table, h) else {
+            continue;
+        };
+        let empty = TcpData::default();
+        let d = data.iter().find(|d| d.block == i as u32).unwrap_or(&empty);
+        let export = conversion::to_export(&n, &p, &t, d);
+        if let Err(e) = dp.offload(h, ctx, &export, now) {
+            tracing::info!(handle = h.0, error = %e, "initiate: engine refused the connection");
+            table.remove_tcp(h);
+            r.status = NdisStatus::FAILURE;
+            r.handle = None;
+        }
+    }
+    refresh_blocking(table, dp);
+}
+
+/// Before a query: copy live delegated TCP state into the table (C-076).
+pub fn before_query(table: &mut ObjectTable, dp: &DataPath, tree: &Tree<RefBlock>) {
+    let now = now();
+    for b in &tree.blocks {
+        if let RefBlock::Object(h) = b.body {
+            if let Some(d) = dp.delegated(now, h) {
+                table.set_tcp_delegated(h, d);
+            }
+        }
+    }
+}
+
+/// After invalidate or update: a connection whose TCP, path or neighbor is invalid stops
+/// transmitting at once; a valid one (again) may send (C-094, C-100).
+pub fn refresh_blocking(table: &ObjectTable, dp: &mut DataPath) {
+    for h in table.tcp_handles() {
+        if dp.contains(h) {
+            dp.set_blocked(h, !table.tcp_may_send(h));
+        }
+    }
+}
+
+/// Before `ObjectTable::terminate` removes them: export every offloaded TCP object named in
+/// the tree. Returns the exported delegated states by handle and the UPLOAD_DATA events.
+pub fn before_terminate(
+    table: &ObjectTable,
+    dp: &mut DataPath,
+    tree: &Tree<TerminateBlock>,
+) -> (Vec<(DeviceHandle, chimney_abi::TcpDelegated)>, Vec<Event>) {
+    let now = now();
+    let mut states = Vec::new();
+    let mut events = Vec::new();
+    for b in &tree.blocks {
+        let TerminateBlock::Object { handle: h, .. } = b.body else {
+            continue;
+        };
+        if h.layer() != Some(Layer::Tcp) || !dp.contains(h) {
+            continue;
+        }
+        let ctx = table.tcp(h).map_or(0, |t| t.host_context());
+        match dp.terminate(now, h) {
+            Ok(Some((export, data))) => {
+                let d = conversion::tcp_delegated_from_ns(&export.tcp.delegated, 0, 0);
+                states.push((h, d));
+                if !data.send.is_empty() || !data.buffered.is_empty() {
+                    let mut e = Event::tcp(h, ctx, tcp_event::UPLOAD_DATA, 0);
+                    e.payload = chimney_abi::data_io::emit_upload_data(&data);
+                    events.push(e);
+                }
+            }
+            Ok(None) => {
+                // Closed or reset: nothing live to export; the state reads CLOSED.
+                if let Some(t) = table.tcp(h) {
+                    let mut d = *t.delegated();
+                    d.state = chimney_abi::TcpConnectionState::Closed;
+                    states.push((h, d));
+                }
+            }
+            Err(e) => tracing::warn!(handle = h.0, error = %e, "terminate: data path"),
+        }
+    }
+    (states, events)
+}
+
+/// Patch the exported states into the terminate results (block order = tree order).
+pub fn patch_terminate(
+    tree: &Tree<TerminateBlock>,
+    results: &mut [BlockResult<DelegatedState>],
+    states: &[(DeviceHandle, chimney_abi::TcpDelegated)],
+) {
+    for (b, r) in tree.blocks.iter().zip(results.iter_mut()) {
+        let TerminateBlock::Object { handle, .. } = b.body else {
+            continue;
+        };
+        if let (Some(DelegatedState::Tcp(d)), Some((_, live))) =
+            (r.state.as_mut(), states.iter().find(|(h, _)| *h == handle))
+        {
+            *d = *live;
+        }
+    }
+}
+
+/// The full ABI state of an offloaded TCP object and its path and neighbor, plus its host
+/// context.
+fn abi_tcp_state(
+    table: &ObjectTable,
+    h: DeviceHandle,
+) -> Option<(
+    chimney_abi::NeighborState,
+    chimney_abi::PathState,
+    chimney_abi::TcpState,
+    u64,
+)> {
+    let t = table.tcp(h)?;
+    let p = table.path(t.path())?;
+    let n = table.neighbor(p.neighbor())?;
+    Some((
+        chimney_abi::NeighborState {
+            konst: *n.konst(),
+            cached: *n.cached(),
+            delegated: *n.delegated(),
+        },
+        chimney_abi::PathState {
+            konst: *p.konst(),
+            cached: *p.cached(),
+            delegated: *p.delegated(),
+        },
+        chimney_abi::TcpState {
+            konst: *t.konst(),
+            cached: *t.cached(),
+            delegated: *t.delegated(),
+        },
+        t.host_context(),
+    ))
+}
