@@ -126,3 +126,35 @@ terminate = { objects = "all" }
     }
     assert_eq!(r.steps[2].outcome, StepOutcome::NotRun);
 }
+
+#[test]
+fn wrong_expected_peer_hash_fails_with_both_hashes_and_the_step() {
+    let wrong = "00".repeat(32);
+    let text = format!(
+        r#"
+summary = "the peer's SHA-256 is not what the scenario claims"
+verifies = ["C-202"]
+[[step]]
+open = {{ name = "c", family = "ipv4", mode = "active", port = 5101 }}
+[[step]]
+send = {{ conn = "c", bytes = 100000 }}
+[[step]]
+disconnect = {{ conn = "c", kind = "graceful", peer_sha256 = "{wrong}", verifies = ["C-202"] }}
+"#
+    );
+    let sc = scenario::parse(Path::new("wrong-hash.toml"), &text).expect("parses");
+    let r = run_scenario(&sc, &opts());
+    assert_eq!(r.outcome, Outcome::Failed, "{:?}", r.steps);
+    let msg = r.failure_text();
+    for needle in [
+        "step 3 `disconnect` (line 8)",
+        "peer received 100000 bytes with SHA-256 ",
+        &format!("expected 100000 bytes with SHA-256 {wrong}"),
+        "C-202",
+    ] {
+        assert!(
+            msg.contains(needle),
+            "expected `{needle}` in the failure text:\n{msg}"
+        );
+    }
+}

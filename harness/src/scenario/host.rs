@@ -57,8 +57,12 @@ pub fn hex(b: &[u8]) -> String {
 impl HostStack {
     /// Set up queue pair 0 and an engine with the guest's addresses.
     pub fn new(vmm: &mut Vmm, queue_size: u16, seed: u64) -> Result<HostStack, String> {
-        let rx = vmm.create_queue(0, queue_size).map_err(|e| format!("NIC rx queue: {e}"))?;
-        let tx = vmm.create_queue(1, queue_size).map_err(|e| format!("NIC tx queue: {e}"))?;
+        let rx = vmm
+            .create_queue(0, queue_size)
+            .map_err(|e| format!("NIC rx queue: {e}"))?;
+        let tx = vmm
+            .create_queue(1, queue_size)
+            .map_err(|e| format!("NIC tx queue: {e}"))?;
         let platform = vmm.platform().clone();
         let nic = NicQueues::new(&*platform, rx, tx, 2048).map_err(|e| format!("NIC: {e}"))?;
         let mut cfg = EngineConfig::new(GUEST_MAC, Some(GUEST_IPV4), Some(GUEST_IPV6));
@@ -94,8 +98,7 @@ impl HostStack {
             let now = self.now();
             self.engine.handle_timeout(now);
             while let Some(t) = self.engine.poll_transmit(now) {
-                self.nic
-                    .send(&*self.platform, t.frame)
+                send_frame(&mut self.nic, &self.platform, t.frame, limit)
                     .map_err(|e| format!("{what}: NIC send: {e}"))?;
             }
             while let Some(e) = self.engine.poll_event() {
@@ -194,7 +197,10 @@ impl HostStack {
             got.ok_or("passive open: no connection")?
         };
         let tuple = self.engine.tuple(h).map_err(|e| e.to_string())?;
-        let seed = self.seed ^ name.bytes().fold(0u64, |a, b| a.rotate_left(5) ^ u64::from(b));
+        let seed = self.seed
+            ^ name
+                .bytes()
+                .fold(0u64, |a, b| a.rotate_left(5) ^ u64::from(b));
         self.conns.insert(
             name.to_string(),
             HostConn {
@@ -270,7 +276,9 @@ impl HostStack {
         }
         let peer = c.peer.take().ok_or("peer already joined")?;
         self.pump(&format!("close `{name}`"), |_, _| peer.is_finished())?;
-        let seen = peer.join().map_err(|_| "peer thread panicked".to_string())?;
+        let seen = peer
+            .join()
+            .map_err(|_| "peer thread panicked".to_string())?;
         let sent_sha: [u8; 32] = c.hasher.finalize().into();
         if !graceful {
             return Ok(format!(
@@ -290,7 +298,32 @@ impl HostStack {
                 c.sent
             ));
         }
-        Ok(format!("peer received {n} bytes, SHA-256 {} as sent", hex(&sha)))
+        Ok(format!(
+            "peer received {n} bytes, SHA-256 {} as sent",
+            hex(&sha)
+        ))
+    }
+}
+
+/// Send one frame; when every tx buffer is in flight, wait for the device to take some
+/// (it runs in its own process) instead of dropping the frame.
+fn send_frame(
+    nic: &mut NicQueues,
+    platform: &VmmPlatform,
+    frame: &[u8],
+    limit: std::time::Instant,
+) -> Result<(), String> {
+    loop {
+        match nic.send(platform, frame) {
+            Ok(()) => return Ok(()),
+            Err(chimney_miniport::NicError::TxFull(n)) => {
+                if std::time::Instant::now() > limit {
+                    return Err(format!("all {n} tx buffers stayed in flight"));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -316,7 +349,8 @@ fn accept_with_limit(l: &TcpListener) -> Result<TcpStream, String> {
 
 /// Read to EOF; bytes and SHA-256.
 fn sink(mut s: TcpStream) -> PeerResult {
-    s.set_read_timeout(Some(STEP_LIMIT)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(STEP_LIMIT))
+        .map_err(|e| e.to_string())?;
     let mut h = Sha256::new();
     let mut n = 0u64;
     let mut buf = vec![0u8; 64 << 10];

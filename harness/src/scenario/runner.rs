@@ -1569,50 +1569,49 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     let mut _tracked = None;
     // Without a namespace of ours the peer MAC is unknown: a fixed locally administered one.
     let mut peer_mac = [0x02, 0, 0, 0, 0, 1];
-    let (vmm, ns): (&mut Vmm, Option<&chimney_wire::NetNs>) = if let Some(sock) =
-        &opts.device_socket
-    {
-        match Vmm::connect(sock, &VmmConfig::default()) {
-            Ok(v) => (attached.insert(v), None),
-            Err(e) => {
-                report.error = Some(format!("connecting to {}: {e}", sock.display()));
-                report.steps = not_run(sc, 0);
-                report.duration = started.elapsed();
-                return report;
+    let (vmm, ns): (&mut Vmm, Option<&chimney_wire::NetNs>) =
+        if let Some(sock) = &opts.device_socket {
+            match Vmm::connect(sock, &VmmConfig::default()) {
+                Ok(v) => (attached.insert(v), None),
+                Err(e) => {
+                    report.error = Some(format!("connecting to {}: {e}", sock.display()));
+                    report.steps = not_run(sc, 0);
+                    report.duration = started.elapsed();
+                    return report;
+                }
             }
-        }
-    } else {
-        let mut cfg = TestBedConfig::default();
-        cfg.device.binary = opts.device.clone();
-        cfg.device.extra_args = device_args(sc);
-        if let Some(q) = sc.device.queue_pairs {
-            cfg.device.queue_pairs = q;
-            cfg.vmm.queue_pairs = q;
-        }
-        if let Some(dir) = &opts.pcap_dir {
-            let p = dir.join(format!("{}.pcap", sc.name));
-            cfg.device.extra_args.push("--pcap".into());
-            cfg.device.extra_args.push(p.display().to_string());
-            report.pcap = Some(p);
-        }
-        match TestBed::start(&cfg) {
-            Ok(bed) => {
-                peer_mac = bed.peer_mac("tap0").unwrap_or(peer_mac);
-                _tracked = Some(super::cleanup::track(
-                    Some(bed.ns.name().to_string()),
-                    Some(bed.device.pid()),
-                ));
-                let TestBed { vmm, ns, .. } = bed_holder.insert(bed);
-                (vmm, Some(&*ns))
+        } else {
+            let mut cfg = TestBedConfig::default();
+            cfg.device.binary = opts.device.clone();
+            cfg.device.extra_args = device_args(sc);
+            if let Some(q) = sc.device.queue_pairs {
+                cfg.device.queue_pairs = q;
+                cfg.vmm.queue_pairs = q;
             }
-            Err(e) => {
-                report.error = Some(format!("starting namespace + device + VMM: {e}"));
-                report.steps = not_run(sc, 0);
-                report.duration = started.elapsed();
-                return report;
+            if let Some(dir) = &opts.pcap_dir {
+                let p = dir.join(format!("{}.pcap", sc.name));
+                cfg.device.extra_args.push("--pcap".into());
+                cfg.device.extra_args.push(p.display().to_string());
+                report.pcap = Some(p);
             }
-        }
-    };
+            match TestBed::start(&cfg) {
+                Ok(bed) => {
+                    peer_mac = bed.peer_mac("tap0").unwrap_or(peer_mac);
+                    _tracked = Some(super::cleanup::track(
+                        Some(bed.ns.name().to_string()),
+                        Some(bed.device.pid()),
+                    ));
+                    let TestBed { vmm, ns, .. } = bed_holder.insert(bed);
+                    (vmm, Some(&*ns))
+                }
+                Err(e) => {
+                    report.error = Some(format!("starting namespace + device + VMM: {e}"));
+                    report.steps = not_run(sc, 0);
+                    report.duration = started.elapsed();
+                    return report;
+                }
+            }
+        };
 
     let (mut session, _neg) = match ControlSession::ready(vmm, opts.queue_size) {
         Ok(s) => s,
