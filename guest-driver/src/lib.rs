@@ -13,6 +13,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod control;
+pub mod data;
 pub mod linux;
 pub mod miniport;
 pub mod ndis;

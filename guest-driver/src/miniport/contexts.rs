@@ -112,3 +112,18 @@ impl Contexts {
             .count()
     }
 }
+
+impl Contexts {
+    /// The context of a live object by its device handle (data records name handles).
+    pub fn find_device(&self, h: chimney_abi::DeviceHandle) -> Option<(u64, ObjCtx)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| match s.ctx {
+                Some(c) if c.device == Some(h) => {
+                    Some(((u64::from(s.generation) << 32) | (i as u64 + 1), c))
+                }
+                _ => None,
+            })
+    }
+}

@@ -26,18 +26,22 @@ pub use contexts::ObjState;
 pub use translate::{OpKind, Refusal};
 
 use crate::control::{ControlChannel, ControlConfig, ControlError};
+use crate::data::{DataChannel, DataConfig, DataError};
 use crate::ndis::blocklist::{BlockList, BlockListRef, BlockTree};
 use crate::ndis::chars::{
     MiniportAdapterOffloadAttributes, NdisMiniportServices, OidRequest, OidResult,
     ProviderChimneyOffloadGenericCharacteristics, ProviderChimneyOffloadTcpCharacteristics,
     StatusIndication, TcpOffloadEventHandlers,
 };
-use crate::ndis::nbl::NetBufferList;
+use crate::ndis::nbl::{NetBuffer, NetBufferList};
 use crate::ndis::{
     chimney_type, object_type, oid, NdisObjectHeader, NDIS_OBJECT_TCP_OFFLOAD_REVISION_1,
 };
 use crate::platform::Platform;
 use crate::virtqueue::Virtqueue;
+use alloc::collections::BTreeMap;
+use chimney_abi::data_io::{data_pair_for, DataRecord, DataRequest, DataRxKind};
+use chimney_abi::DeviceHandle;
 
 /// NDIS status codes the OID path needs beyond the chimney list (ndis.h values).
 pub mod status {
@@ -76,6 +80,8 @@ pub enum MiniportError {
     SetAttributes(NdisStatus),
     #[error("the adapter is halted")]
     Halted,
+    #[error(transparent)]
+    Data(#[from] DataError),
 }
 
 /// Initialization knobs.
@@ -146,6 +152,75 @@ enum IoDone {
     Forward(Vec<NetBufferList>),
 }
 
+/// Which TCP I/O handler an NBL came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoKind {
+    Send,
+    Receive,
+    Disconnect,
+    Forward,
+}
+
+/// An NBL the miniport owns until it completes it.
+#[derive(Debug)]
+struct PendingNbl {
+    kind: IoKind,
+    ctx: u64,
+    nbl: NetBufferList,
+    /// Ring requests still outstanding for it (a large send is split).
+    pieces_left: u32,
+    status: NdisStatus,
+    bytes: u32,
+    /// Disconnect: user bytes that went out as a SEND first.
+    disconnect_data: u32,
+}
+
+/// Data-I/O state: the data pairs and the NBLs in flight on them.
+#[derive(Debug, Default)]
+struct DataIo {
+    channels: Vec<DataChannel>,
+    /// (pair index, request) not yet on a ring (no free slot).
+    backlog: VecDeque<(usize, DataRequest)>,
+    /// Ring request id → NBL key (None: a request whose answer needs no NBL).
+    requests: BTreeMap<u64, Option<u64>>,
+    nbls: BTreeMap<u64, PendingNbl>,
+    next_id: u64,
+    /// Indications the host kept (SUCCESS): indication id → (pair, handle).
+    indicated: BTreeMap<u64, (usize, DeviceHandle)>,
+    /// Data the host refused (C-171/C-172), per context: goes into the next posted buffers.
+    leftovers: BTreeMap<u64, Vec<u8>>,
+}
+
+impl DataIo {
+    fn id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id
+    }
+}
+
+/// Write `data` into a posted buffer's MDLs from its data start (after bytes the host
+/// already placed, §2.12 TcpReceiveBytesTransferred); returns the bytes placed.
+fn fill_nb(nb: &mut NetBuffer, skip: usize, data: &[u8]) -> usize {
+    let room = nb.data_length.saturating_sub(skip);
+    let n = data.len().min(room);
+    let mut pos = nb.data_offset + skip;
+    let mut src = 0;
+    for m in nb.mdls.iter_mut() {
+        if src == n {
+            break;
+        }
+        if pos >= m.data.len() {
+            pos -= m.data.len();
+            continue;
+        }
+        let k = (m.data.len() - pos).min(n - src);
+        m.data[pos..pos + k].copy_from_slice(&data[src..src + k]);
+        src += k;
+        pos = 0;
+    }
+    src
+}
+
 /// The adapter (`MiniportAdapterContext`).
 pub struct ChimneyMiniport<P: Platform, H> {
     platform: P,
@@ -158,6 +233,7 @@ pub struct ChimneyMiniport<P: Platform, H> {
     recorded: VecDeque<Recorded>,
     pending: Vec<Pending>,
     io_done: VecDeque<IoDone>,
+    io: DataIo,
     run_state: RunState,
     violations: HostViolations,
     stats: OffloadStats,
@@ -287,6 +363,7 @@ where
             recorded: VecDeque::new(),
             pending: Vec::new(),
             io_done: VecDeque::new(),
+            io: DataIo::default(),
             run_state: RunState::Running,
             violations: HostViolations::default(),
             stats: OffloadStats::default(),
@@ -368,18 +445,50 @@ where
 
     // ------------------------------------------------------------ TCP handlers
 
-    /// Status for I/O naming `ctx`: the docs' status for the object's state. ABI v1 has
-    /// no data-I/O ring records yet, so a live connection answers NOT_SUPPORTED.
-    fn io_status(&mut self, ctx: u64) -> NdisStatus {
-        match self.contexts.get(ctx).map(|c| c.state) {
-            None | Some(ObjState::Reserved) => {
+    /// Attach the data queue pairs (pair `FIRST_DATA_PAIR + i` = `pairs[i]`, rx then tx),
+    /// all the device has: connections are spread over them by `data_pair_for`.
+    pub fn attach_data_pairs(
+        &mut self,
+        pairs: Vec<(Virtqueue, Virtqueue)>,
+        cfg: DataConfig,
+    ) -> Result<(), MiniportError> {
+        for (rx, tx) in pairs {
+            let ch = DataChannel::new(&self.platform, rx, tx, cfg)?;
+            self.io.channels.push(ch);
+        }
+        Ok(())
+    }
+
+    /// Data pairs attached.
+    pub fn data_pairs(&self) -> usize {
+        self.io.channels.len()
+    }
+
+    /// Where I/O naming `ctx` goes: the connection's device handle, or the status the docs
+    /// name for the object's state.
+    fn io_target(&mut self, ctx: u64) -> Result<DeviceHandle, NdisStatus> {
+        match self.contexts.get(ctx).copied() {
+            None
+            | Some(contexts::ObjCtx {
+                state: ObjState::Reserved,
+                ..
+            }) => {
                 // Unknown / terminated connection: the host broke C-069 / §3.5.2.
                 self.violations.unknown_context += 1;
-                NdisStatus::INVALID_STATE
+                Err(NdisStatus::INVALID_STATE)
+            }
+            Some(c) if c.layer != chimney_abi::Layer::Tcp => {
+                self.violations.unknown_context += 1;
+                Err(NdisStatus::INVALID_STATE)
             }
             // §3.5.4 / §3.5.10: I/O while an upload is under way.
-            Some(ObjState::Terminating) => NdisStatus::UPLOAD_IN_PROGRESS,
-            Some(ObjState::Live | ObjState::Invalidated) => NdisStatus::NOT_SUPPORTED,
+            Some(contexts::ObjCtx {
+                state: ObjState::Terminating,
+                ..
+            }) => Err(NdisStatus::UPLOAD_IN_PROGRESS),
+            // No data pairs attached: this adapter has no data path.
+            Some(_) if self.io.channels.is_empty() => Err(NdisStatus::NOT_SUPPORTED),
+            Some(c) => c.device.ok_or(NdisStatus::INVALID_STATE),
         }
     }
 
@@ -390,44 +499,351 @@ where
         }
     }
 
-    /// `MiniportTcpOffloadSend`: always PENDING; completed by the DPC (§3.6).
+    fn pair_of(&self, h: DeviceHandle) -> usize {
+        usize::from(data_pair_for(h, self.io.channels.len() as u16))
+    }
+
+    fn track(&mut self, kind: IoKind, ctx: u64, nbl: NetBufferList, pieces: u32) -> u64 {
+        let key = self.io.id();
+        self.io.nbls.insert(
+            key,
+            PendingNbl {
+                kind,
+                ctx,
+                nbl,
+                pieces_left: pieces,
+                status: NdisStatus::SUCCESS,
+                bytes: 0,
+                disconnect_data: 0,
+            },
+        );
+        key
+    }
+
+    fn queue(&mut self, h: DeviceHandle, key: Option<u64>, make: impl FnOnce(u64) -> DataRequest) {
+        let id = self.io.id();
+        self.io.requests.insert(id, key);
+        let pair = self.pair_of(h);
+        self.io.backlog.push_back((pair, make(id)));
+    }
+
+    /// `MiniportTcpOffloadSend` (§3.6): always PENDING. Each NBL's data goes out as SEND
+    /// records (split at the slot size), in order; the NBL completes when the device says
+    /// every byte was acknowledged (C-143 in spirit: SUCCESS = sent and acked).
     pub fn tcp_offload_send(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
-        let s = self.io_status(ctx);
-        Self::fail_all(&mut nbls, s);
-        self.io_done.push_back(IoDone::Send(nbls));
+        let h = match self.io_target(ctx) {
+            Ok(h) => h,
+            Err(s) => {
+                Self::fail_all(&mut nbls, s);
+                self.io_done.push_back(IoDone::Send(nbls));
+                return NdisStatus::PENDING;
+            }
+        };
+        let max = self.io.channels.first().map_or(1, |c| c.max_data()).max(1);
+        for nbl in nbls {
+            let data: Vec<u8> = nbl.net_buffers.iter().flat_map(|nb| nb.data()).collect();
+            if data.is_empty() {
+                let mut nbl = nbl;
+                nbl.status = NdisStatus::SUCCESS;
+                nbl.info.tcp_offload_bytes_transferred = 0;
+                self.io_done.push_back(IoDone::Send(alloc::vec![nbl]));
+                continue;
+            }
+            let pieces = data.len().div_ceil(max) as u32;
+            let key = self.track(IoKind::Send, ctx, nbl, pieces);
+            for chunk in data.chunks(max) {
+                let chunk = chunk.to_vec();
+                self.queue(h, Some(key), |request_id| DataRequest::Send {
+                    handle: h,
+                    request_id,
+                    data: chunk,
+                });
+            }
+        }
         NdisStatus::PENDING
     }
-    /// `MiniportTcpOffloadReceive` (§3.7.1): always PENDING; every request completed (C-166).
+
+    /// `MiniportTcpOffloadReceive` (§3.7.1): always PENDING; every request completed
+    /// (C-166). Data the host refused earlier fills the buffer first (C-172).
     pub fn tcp_offload_receive(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
-        let s = self.io_status(ctx);
-        Self::fail_all(&mut nbls, s);
-        self.io_done.push_back(IoDone::Receive(nbls));
+        let h = match self.io_target(ctx) {
+            Ok(h) => h,
+            Err(s) => {
+                Self::fail_all(&mut nbls, s);
+                self.io_done.push_back(IoDone::Receive(nbls));
+                return NdisStatus::PENDING;
+            }
+        };
+        for mut nbl in nbls {
+            let skip = nbl.info.tcp_receive_bytes_transferred as usize;
+            let capacity = nbl
+                .net_buffers
+                .first()
+                .map_or(0, |nb| nb.data_length.saturating_sub(skip));
+            let left = self.io.leftovers.remove(&ctx).unwrap_or_default();
+            if !left.is_empty() || capacity == 0 {
+                // Served here: from the refused data, or a zero-byte posting that only
+                // re-enables indications (C-172).
+                let n = match nbl.net_buffers.first_mut() {
+                    Some(nb) => fill_nb(nb, skip, &left),
+                    None => 0,
+                };
+                if n < left.len() {
+                    self.io.leftovers.insert(ctx, left[n..].to_vec());
+                }
+                nbl.status = NdisStatus::SUCCESS;
+                nbl.info.tcp_offload_bytes_transferred = n as u32;
+                if let Some(nb) = nbl.net_buffers.first_mut() {
+                    nb.advance_data_start(skip + n);
+                }
+                self.io_done.push_back(IoDone::Receive(alloc::vec![nbl]));
+                continue;
+            }
+            let capacity = capacity.min(chimney_abi::data_io::MAX_RECEIVE_BUFFER as usize) as u32;
+            let key = self.track(IoKind::Receive, ctx, nbl, 1);
+            self.queue(h, Some(key), |request_id| DataRequest::PostReceive {
+                handle: h,
+                request_id,
+                capacity,
+            });
+        }
         NdisStatus::PENDING
     }
+
     /// `MiniportTcpOffloadDisconnect` (C-180): PENDING, completion returns only this NBL.
+    /// Data in the disconnect NB goes out as a SEND before the DISCONNECT (C-184).
     pub fn tcp_offload_disconnect(
         &mut self,
         ctx: u64,
         mut nbl: NetBufferList,
-        _flags: u32,
+        flags: u32,
     ) -> NdisStatus {
-        let s = self.io_status(ctx);
-        Self::fail_all(core::slice::from_mut(&mut nbl), s);
-        self.io_done.push_back(IoDone::Disconnect(nbl));
+        let h = match self.io_target(ctx) {
+            Ok(h) => h,
+            Err(s) => {
+                Self::fail_all(core::slice::from_mut(&mut nbl), s);
+                self.io_done.push_back(IoDone::Disconnect(nbl));
+                return NdisStatus::PENDING;
+            }
+        };
+        let abortive = flags & crate::ndis::TCP_DISCONNECT_ABORTIVE_CLOSE != 0;
+        let data: Vec<u8> = nbl.net_buffers.iter().flat_map(|nb| nb.data()).collect();
+        let key = self.track(IoKind::Disconnect, ctx, nbl, 1);
+        if !abortive && !data.is_empty() {
+            if let Some(p) = self.io.nbls.get_mut(&key) {
+                p.disconnect_data = data.len() as u32;
+            }
+            self.queue(h, None, |request_id| DataRequest::Send {
+                handle: h,
+                request_id,
+                data,
+            });
+        }
+        self.queue(h, Some(key), |request_id| DataRequest::Disconnect {
+            handle: h,
+            request_id,
+            abortive,
+        });
         NdisStatus::PENDING
     }
-    /// `MiniportTcpOffloadForward` (C-195): PENDING.
+
+    /// `MiniportTcpOffloadForward` (C-195): PENDING; one FORWARD per NBL.
     pub fn tcp_offload_forward(&mut self, ctx: u64, mut nbls: Vec<NetBufferList>) -> NdisStatus {
-        let s = self.io_status(ctx);
-        Self::fail_all(&mut nbls, s);
-        self.io_done.push_back(IoDone::Forward(nbls));
+        let h = match self.io_target(ctx) {
+            Ok(h) => h,
+            Err(s) => {
+                Self::fail_all(&mut nbls, s);
+                self.io_done.push_back(IoDone::Forward(nbls));
+                return NdisStatus::PENDING;
+            }
+        };
+        for nbl in nbls {
+            let data: Vec<u8> = nbl.net_buffers.iter().flat_map(|nb| nb.data()).collect();
+            let key = self.track(IoKind::Forward, ctx, nbl, 1);
+            self.queue(h, Some(key), |request_id| DataRequest::Forward {
+                handle: h,
+                request_id,
+                data,
+            });
+        }
         NdisStatus::PENDING
     }
-    /// `MiniportTcpOffloadReceiveReturn` (C-175): synchronous, always SUCCESS. This
-    /// miniport has indicated nothing yet, so every returned NBL is unexpected.
+
+    /// `MiniportTcpOffloadReceiveReturn` (C-175): synchronous, always SUCCESS. Each NBL the
+    /// host kept from an indication goes back to the device (RECEIVE_RETURN reopens the
+    /// window); anything else is counted as a host violation.
     pub fn tcp_offload_receive_return(&mut self, nbls: Vec<NetBufferList>) -> NdisStatus {
-        self.violations.unexpected_return += nbls.len() as u32;
+        for n in nbls {
+            match self.io.indicated.remove(&n.id) {
+                Some((pair, handle)) => self.io.backlog.push_back((
+                    pair,
+                    DataRequest::ReceiveReturn {
+                        handle,
+                        indication_id: n.id,
+                    },
+                )),
+                None => self.violations.unexpected_return += 1,
+            }
+        }
         NdisStatus::SUCCESS
+    }
+
+    /// Send queued data requests while slots are free (per-connection order is kept: a
+    /// connection always uses one pair and the backlog is FIFO).
+    fn drain_data_backlog(&mut self) -> Result<bool, MiniportError> {
+        let mut progress = false;
+        while let Some((pair, req)) = self.io.backlog.pop_front() {
+            let Some(ch) = self.io.channels.get_mut(pair) else {
+                continue;
+            };
+            match ch.submit(&self.platform, &req) {
+                Ok(()) => progress = true,
+                Err(DataError::NoFreeSlot(_)) => {
+                    self.io.backlog.push_front((pair, req));
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// One data rx record → the NBL it completes or the indication it makes.
+    fn data_record(&mut self, ndis: &mut H, pair: usize, rec: DataRecord) {
+        if rec.kind == DataRxKind::ReceiveIndicate {
+            self.indicate(ndis, pair, rec);
+            return;
+        }
+        let Some(key) = self.io.requests.remove(&rec.request_id) else {
+            return; // late answer for an NBL already completed (e.g. handed back at upload)
+        };
+        let Some(key) = key else { return };
+        let Some(p) = self.io.nbls.get_mut(&key) else {
+            return;
+        };
+        let status = if rec.kind == DataRxKind::Error {
+            NdisStatus::INVALID_STATE
+        } else {
+            rec.status
+        };
+        if p.status == NdisStatus::SUCCESS {
+            p.status = status;
+        }
+        match rec.kind {
+            DataRxKind::SendComplete => p.bytes = p.bytes.saturating_add(rec.bytes),
+            DataRxKind::ReceiveComplete => {
+                let skip = p.nbl.info.tcp_receive_bytes_transferred as usize;
+                if let Some(nb) = p.nbl.net_buffers.first_mut() {
+                    p.bytes = fill_nb(nb, skip, &rec.data) as u32;
+                }
+            }
+            DataRxKind::DisconnectComplete if status == NdisStatus::SUCCESS => {
+                p.bytes = p.disconnect_data;
+            }
+            _ => {}
+        }
+        p.pieces_left = p.pieces_left.saturating_sub(1);
+        if p.pieces_left == 0 {
+            if let Some(p) = self.io.nbls.remove(&key) {
+                self.finish(p);
+            }
+        }
+    }
+
+    /// Complete an NBL: status, TcpOffloadBytesTransferred and the NB data start advanced
+    /// by the bytes transferred (C-165 and the send/disconnect equivalents).
+    fn finish(&mut self, p: PendingNbl) {
+        let mut nbl = p.nbl;
+        nbl.status = p.status;
+        nbl.info.tcp_offload_bytes_transferred = p.bytes;
+        let mut left = p.bytes as usize;
+        if p.kind == IoKind::Receive {
+            left += nbl.info.tcp_receive_bytes_transferred as usize;
+        }
+        for nb in nbl.net_buffers.iter_mut() {
+            let n = left.min(nb.data_length);
+            nb.advance_data_start(n);
+            left -= n;
+        }
+        self.io_done.push_back(match p.kind {
+            IoKind::Send => IoDone::Send(alloc::vec![nbl]),
+            IoKind::Receive => IoDone::Receive(alloc::vec![nbl]),
+            IoKind::Disconnect => IoDone::Disconnect(nbl),
+            IoKind::Forward => IoDone::Forward(alloc::vec![nbl]),
+        });
+    }
+
+    /// RECEIVE_INDICATE → `NdisTcpOffloadReceiveHandler` with one NBL (C-170), Status
+    /// SUCCESS; refused data stays with the miniport for the next posting (C-171, C-172).
+    fn indicate(&mut self, ndis: &mut H, pair: usize, rec: DataRecord) {
+        let Some(h) = rec.handle else { return };
+        let Some((ctx, c)) = self.contexts.find_device(h) else {
+            return;
+        };
+        let give_back = |io: &mut DataIo| {
+            io.backlog.push_back((
+                pair,
+                DataRequest::ReceiveReturn {
+                    handle: h,
+                    indication_id: rec.request_id,
+                },
+            ))
+        };
+        if let Some(left) = self.io.leftovers.get_mut(&ctx) {
+            // Not again until the host posts (C-172): keep it, hand the buffer back.
+            left.extend_from_slice(&rec.data);
+            give_back(&mut self.io);
+            return;
+        }
+        let mut nbl = NetBufferList::with_data(rec.request_id, &rec.data);
+        let mut consumed = 0u32;
+        let r = (self.handlers.receive_handler)(
+            ndis,
+            c.ndis_offload_handle,
+            &mut nbl,
+            NdisStatus::SUCCESS,
+            &mut consumed,
+        );
+        if r == NdisStatus::SUCCESS {
+            self.io.indicated.insert(rec.request_id, (pair, h));
+        } else {
+            let taken = if r == NdisStatus::OFFLOAD_DATA_PARTIALLY_ACCEPTED {
+                (consumed as usize).min(rec.data.len())
+            } else {
+                0
+            };
+            self.io.leftovers.insert(ctx, rec.data[taken..].to_vec());
+            give_back(&mut self.io);
+        }
+    }
+
+    /// At a successful terminate of TCP context `ctx`: outstanding sends go back to the host
+    /// in the block's `NetBufferListChain`, in posting order (§3.5.4); receives, disconnects
+    /// and forwards complete with UPLOAD_IN_PROGRESS before the terminate completes (§3.5.6).
+    fn upload_io(&mut self, ctx: u64) -> Vec<NetBufferList> {
+        let keys: Vec<u64> = self
+            .io
+            .nbls
+            .iter()
+            .filter(|(_, p)| p.ctx == ctx)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut sends = Vec::new();
+        for k in keys {
+            if let Some(mut p) = self.io.nbls.remove(&k) {
+                self.io.requests.retain(|_, v| *v != Some(k));
+                if p.kind == IoKind::Send {
+                    p.nbl.status = NdisStatus::UPLOAD_IN_PROGRESS;
+                    sends.push(p.nbl);
+                } else {
+                    p.status = NdisStatus::UPLOAD_IN_PROGRESS;
+                    p.bytes = 0;
+                    self.finish(p);
+                }
+            }
+        }
+        self.io.leftovers.remove(&ctx);
+        sends
     }
 
     // ------------------------------------------------------------ OIDs, pause, halt
@@ -616,26 +1032,32 @@ where
                 Some(c) => {
                     let p = self.pending.remove(i);
                     self.apply(&p, c);
+                    // §3.5.6: I/O of terminated connections completes before the terminate.
+                    self.flush_io(ndis);
                     self.complete(ndis, p.kind, p.root);
                     progress = true;
                 }
                 None => i += 1,
             }
         }
-        // 3. TCP I/O completions (never inside the handler call).
-        while let Some(d) = self.io_done.pop_front() {
-            let mh = ndis.miniport_handle();
-            match d {
-                IoDone::Send(n) => (self.handlers.send_complete)(ndis, mh, n),
-                IoDone::Receive(n) => (self.handlers.receive_complete)(ndis, mh, n),
-                IoDone::Disconnect(n) => (self.handlers.disconnect_complete)(ndis, mh, n),
-                IoDone::Forward(n) => (self.handlers.forward_complete)(ndis, mh, n),
-            }
-            progress = true;
-        }
-        // 4. Events, but not while an initiate is in progress (C-067, §4.4).
+        // 3. Data I/O: requests onto the rings, records off them. Nothing is indicated
+        //    while an initiate is in flight (C-066, C-067).
         let initiating = self.pending.iter().any(|p| p.kind == OpKind::Initiate)
             || self.recorded.iter().any(|r| r.kind == OpKind::Initiate);
+        progress |= self.drain_data_backlog()?;
+        if !initiating {
+            for pair in 0..self.io.channels.len() {
+                self.io.channels[pair].poll(&self.platform)?;
+                while let Some(rec) = self.io.channels[pair].next_record() {
+                    self.data_record(ndis, pair, rec);
+                    progress = true;
+                }
+            }
+            progress |= self.drain_data_backlog()?;
+        }
+        // 4. TCP I/O completions (never inside the handler call).
+        progress |= self.flush_io(ndis);
+        // 5. Events, but not while an initiate is in progress (C-067, §4.4).
         if !initiating {
             while let Some(e) = self.control.next_event() {
                 self.deliver_event(ndis, e);
@@ -675,8 +1097,54 @@ where
         if self.service(ndis)? {
             return Ok(true);
         }
-        self.control.wait_activity(&self.platform, timeout)?;
+        self.wait_any(timeout)?;
         self.service(ndis)
+    }
+
+    /// Deliver finished TCP I/O to the host's completion entry points.
+    fn flush_io(&mut self, ndis: &mut H) -> bool {
+        let mut any = false;
+        while let Some(d) = self.io_done.pop_front() {
+            let mh = ndis.miniport_handle();
+            match d {
+                IoDone::Send(n) => (self.handlers.send_complete)(ndis, mh, n),
+                IoDone::Receive(n) => (self.handlers.receive_complete)(ndis, mh, n),
+                IoDone::Disconnect(n) => (self.handlers.disconnect_complete)(ndis, mh, n),
+                IoDone::Forward(n) => (self.handlers.forward_complete)(ndis, mh, n),
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// NBLs the miniport holds (posted to the device or waiting for a ring slot).
+    pub fn io_outstanding(&self) -> usize {
+        self.io.nbls.len()
+    }
+
+    /// Wait until the control ring or a data ring has something, or `timeout` passes.
+    /// The `Platform` waits per queue, so with data pairs attached the queues are
+    /// checked in short slices.
+    fn wait_any(&mut self, timeout: Duration) -> Result<(), MiniportError> {
+        if self.io.channels.is_empty() {
+            self.control.wait_activity(&self.platform, timeout)?;
+            return Ok(());
+        }
+        let slice = Duration::from_millis(2);
+        let mut waited = Duration::ZERO;
+        while waited < timeout {
+            if self.control.wait_activity(&self.platform, slice)? {
+                return Ok(());
+            }
+            for ch in self.io.channels.iter_mut() {
+                ch.poll(&self.platform)?;
+                if ch.has_records() {
+                    return Ok(());
+                }
+            }
+            waited += slice;
+        }
+        Ok(())
     }
 
     fn write_all(root: &BlockListRef, status: NdisStatus) {
@@ -779,6 +1247,14 @@ where
                         if status == NdisStatus::SUCCESS {
                             if let (Some(s), Some(_)) = (state, b.state.as_ref()) {
                                 b.state = Some(s);
+                            }
+                            let tcp = self.contexts.get(v).map(|c| c.layer)
+                                == Some(chimney_abi::Layer::Tcp);
+                            if tcp {
+                                let sends = self.upload_io(v);
+                                if !sends.is_empty() {
+                                    b.net_buffer_list_chain = sends;
+                                }
                             }
                             self.contexts.release(v);
                         } else if let Some(cx) = self.contexts.get_mut(v) {
