@@ -231,7 +231,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(p, xml).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.tap {
-        std::fs::write(p, report::tap(&reports)).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, report::tap(&reports))
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.json {
         let j = report::json(&reports, seed).map_err(anyhow::Error::msg)?;
