@@ -1,0 +1,390 @@
+//! The data path without rings: a host netstack engine opens a connection to a peer engine
+//! (frames passed in memory), exports it with unacknowledged send data and buffered receive
+//! data, the device's `DataPath` imports it (through the ABI structures and back, as the ring
+//! carries them), data moves both ways through data requests, the device terminates it in
+//! the middle of the transfer, the host imports it again and finishes. Byte-exact streams at
+//! both ends. C-054, C-056..C-059, C-115, C-117, C-140, C-142, C-158, C-191.
+
+use chimney_abi::data_io::{DataRecord, DataRequest, DataRxKind};
+use chimney_abi::{DeviceHandle, NdisStatus};
+use chimney_device::conversion;
+use chimney_device::data_path::DataPath;
+use chimney_netstack::{ConnHandle, Engine, EngineConfig, Event, Instant, TxOffload};
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const PORT: u16 = 5001;
+const H: DeviceHandle = DeviceHandle(0x0003_0000_0000_0001);
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Rig {
+    now: Instant,
+    host: Engine,
+    peer: Engine,
+    dp: DataPath,
+    to_peer: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    records: Vec<DataRecord>,
+    events: Vec<chimney_abi::Event>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let now = Instant::from_millis(1);
+        let host = Engine::new(EngineConfig::new(HOST_MAC, Some(HOST_IP), None), now).unwrap();
+        let mut pc = EngineConfig::new(PEER_MAC, Some(PEER_IP), None);
+        pc.seed = 99;
+        let mut peer = Engine::new(pc, now).unwrap();
+        peer.listen(PORT);
+        let to_peer = Arc::new(Mutex::new(VecDeque::new()));
+        let q = to_peer.clone();
+        let dp = DataPath::new(
+            HOST_MAC,
+            1,
+            TxOffload::default(),
+            Box::new(move |t| q.lock().unwrap().push_back(t.frame.to_vec())),
+        );
+        Rig {
+            now,
+            host,
+            peer,
+            dp,
+            to_peer,
+            records: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Move frames until nothing moves, 1 ms of virtual time per round.
+    fn pump(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.now = self.now + std::time::Duration::from_millis(1);
+            let now = self.now;
+            let mut moved = false;
+            while let Some(t) = self.host.poll_transmit(now) {
+                let f = t.frame.to_vec();
+                self.to_peer.lock().unwrap().push_back(f);
+            }
+            self.dp.flush(now);
+            let frames: Vec<Vec<u8>> = self.to_peer.lock().unwrap().drain(..).collect();
+            for f in frames {
+                moved = true;
+                let _ = self.peer.handle_frame(now, &f);
+            }
+            while let Some(t) = self.peer.poll_transmit(now) {
+                moved = true;
+                let f = t.frame.to_vec();
+                match self.dp.classify(&f) {
+                    Some(h) => self.dp.handle_frame(now, h, &f, false),
+                    None => {
+                        let _ = self.host.handle_frame(now, &f);
+                    }
+                }
+            }
+            if self.host.poll_timeout().is_some_and(|t| t <= now) {
+                self.host.handle_timeout(now);
+            }
+            if self.peer.poll_timeout().is_some_and(|t| t <= now) {
+                self.peer.handle_timeout(now);
+            }
+            self.dp.handle_timeout(now);
+            self.dp.flush(now);
+            if let Some(q) = self.dp.take_records(0) {
+                self.records.extend(q.drain(..));
+            }
+            self.events.extend(self.dp.take_events());
+            if !moved && rounds > 1 && self.to_peer.lock().unwrap().is_empty() {
+                // keep time moving for timers, but stop early when fully idle
+                if self.dp.poll_timeout().is_none() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn accept(rig: &mut Rig) -> ConnHandle {
+    while let Some(e) = rig.peer.poll_event() {
+        if let Event::Accepted { conn, .. } = e {
+            return conn;
+        }
+    }
+    panic!("peer accepted nothing");
+}
+
+fn drain(e: &mut Engine, c: ConnHandle, out: &mut Vec<u8>) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = e.recv(c, &mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn offload_with_unacked_send_and_buffered_receive_data_then_terminate_mid_transfer_is_byte_exact() {
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(&mut rig);
+
+    let host_out = pattern(1, 3 << 20);
+    let peer_out = pattern(2, 3 << 20);
+    let mut host_in = Vec::new();
+    let mut peer_in = Vec::new();
+
+    // Before offload: the peer sends 100 KB the host does not read (buffered receive data),
+    // the host sends 200 KB whose frames are still on the wire (unacknowledged send data).
+    let mut p_sent = rig.peer.send(pc, &peer_out[..100_000]).unwrap();
+    rig.pump(30);
+    let mut h_sent = rig.host.send(hc, &host_out[..200_000]).unwrap();
+    assert_eq!(h_sent, 200_000);
+    while let Some(t) = rig.host.poll_transmit(rig.now) {
+        let f = t.frame.to_vec();
+        rig.to_peer.lock().unwrap().push_back(f);
+    }
+    let export = rig.host.export(rig.now, hc).unwrap();
+    assert!(
+        !export.tcp.buffered_data.is_empty(),
+        "expected buffered receive data at offload"
+    );
+    assert!(
+        export.tcp.delegated.snd_una != export.tcp.delegated.snd_max,
+        "expected unacknowledged data at offload"
+    );
+    // Through the ABI shapes and back, as the ring carries them.
+    let (n, p, t, data) = conversion::from_export(&export);
+    let back = conversion::to_export(&n, &p, &t, &data);
+    assert_eq!(back, export, "abi round trip changed the state");
+    rig.dp.offload(H, 77, &back, rig.now).unwrap();
+
+    // Post receive buffers; send the next 1 MB through the data path in 64 KiB requests.
+    for i in 0..8 {
+        rig.dp.data_request(
+            rig.now,
+            DataRequest::PostReceive {
+                handle: H,
+                request_id: 1000 + i,
+                capacity: 65536,
+            },
+        );
+    }
+    let mut completed_sends = 0;
+    let mut rid = 1;
+    while h_sent < 1_200_000 {
+        let end = (h_sent + 65536).min(1_200_000);
+        rig.dp.data_request(
+            rig.now,
+            DataRequest::Send {
+                handle: H,
+                request_id: rid,
+                data: host_out[h_sent..end].to_vec(),
+            },
+        );
+        rid += 1;
+        h_sent = end;
+    }
+    p_sent += rig.peer.send(pc, &peer_out[p_sent..1_000_000]).unwrap();
+    for _ in 0..200 {
+        rig.pump(1);
+        drain(&mut rig.peer, pc, &mut peer_in);
+        if p_sent < 1_000_000 {
+            p_sent += rig.peer.send(pc, &peer_out[p_sent..1_000_000]).unwrap();
+        }
+        // Indications are returned right away; completed posted buffers are re-posted.
+        let recs: Vec<DataRecord> = rig.records.drain(..).collect();
+        for r in recs {
+            match r.kind {
+                DataRxKind::ReceiveIndicate => {
+                    host_in.extend_from_slice(&r.data);
+                    rig.dp.data_request(
+                        rig.now,
+                        DataRequest::ReceiveReturn {
+                            handle: H,
+                            indication_id: r.request_id,
+                        },
+                    );
+                }
+                DataRxKind::ReceiveComplete => {
+                    assert_eq!(r.status, NdisStatus::SUCCESS);
+                    host_in.extend_from_slice(&r.data);
+                    rig.dp.data_request(
+                        rig.now,
+                        DataRequest::PostReceive {
+                            handle: H,
+                            request_id: r.request_id + 100,
+                            capacity: 65536,
+                        },
+                    );
+                }
+                DataRxKind::SendComplete => {
+                    // C-142: a send completes only once all of it is acknowledged: the peer
+                    // must already hold every byte up to this request's end.
+                    assert_eq!(r.status, NdisStatus::SUCCESS, "send {}", r.request_id);
+                    let end = (200_000 + r.request_id as usize * 65536).min(1_200_000);
+                    let unread = rig.peer.tcb(pc).map(|t| t.recv.readable()).unwrap_or(0);
+                    assert!(
+                        peer_in.len() + unread >= end,
+                        "send {} completed before its data reached the peer: peer has {} of {}",
+                        r.request_id,
+                        peer_in.len() + unread,
+                        end
+                    );
+                    completed_sends += 1;
+                }
+                other => panic!("unexpected record {other:?}"),
+            }
+        }
+        if p_sent >= 1_000_000 && host_in.len() > 600_000 && peer_in.len() > 700_000 {
+            break;
+        }
+    }
+    assert!(completed_sends > 0, "no send completed while offloaded");
+    // Mid-transfer: terminate. Outstanding sends complete UPLOAD_IN_PROGRESS; their data is
+    // in the returned send data (C-115).
+    let (ex, data) = rig
+        .dp
+        .terminate(rig.now, H)
+        .unwrap()
+        .expect("live connection");
+    for r in rig.dp.take_records(0).unwrap().drain(..) {
+        match r.kind {
+            DataRxKind::SendComplete | DataRxKind::ReceiveComplete => {
+                if r.status == NdisStatus::SUCCESS {
+                    host_in.extend_from_slice(&r.data);
+                } else {
+                    assert_eq!(r.status, NdisStatus::UPLOAD_IN_PROGRESS);
+                }
+            }
+            DataRxKind::ReceiveIndicate => host_in.extend_from_slice(&r.data),
+            other => panic!("unexpected record at terminate {other:?}"),
+        }
+    }
+    assert_eq!(ex.tcp.send_data, data.send);
+    assert_eq!(ex.tcp.buffered_data, data.buffered);
+    let hc = rig.host.import(rig.now, &ex).unwrap();
+    drain(&mut rig.host, hc, &mut host_in);
+    // Finish in the host stack: the rest of both streams, then close.
+    let mut h_rest = h_sent;
+    for _ in 0..3000 {
+        if h_rest < host_out.len() {
+            h_rest += rig.host.send(hc, &host_out[h_rest..]).unwrap();
+        }
+        if p_sent < peer_out.len() {
+            p_sent += rig.peer.send(pc, &peer_out[p_sent..]).unwrap();
+        }
+        rig.pump(1);
+        drain(&mut rig.host, hc, &mut host_in);
+        drain(&mut rig.peer, pc, &mut peer_in);
+        if host_in.len() == peer_out.len() && peer_in.len() == host_out.len() {
+            break;
+        }
+    }
+    assert_eq!(peer_in.len(), host_out.len(), "peer received length");
+    assert_eq!(host_in.len(), peer_out.len(), "host received length");
+    assert!(
+        peer_in == host_out,
+        "peer stream differs from what the host sent"
+    );
+    assert!(
+        host_in == peer_out,
+        "host stream differs from what the peer sent"
+    );
+    assert!(
+        rig.events.is_empty(),
+        "no events expected, saw {:?}",
+        rig.events
+    );
+}
+
+#[test]
+fn peer_fin_is_indicated_after_the_data_before_it_c191() {
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(&mut rig);
+    let export = rig.host.export(rig.now, hc).unwrap();
+    rig.dp.offload(H, 5, &export, rig.now).unwrap();
+    let msg = pattern(3, 5000);
+    rig.peer.send(pc, &msg).unwrap();
+    rig.peer.close(pc).unwrap();
+    rig.pump(50);
+    let mut got = Vec::new();
+    let mut saw_event_after = false;
+    for r in &rig.records {
+        assert_eq!(r.kind, DataRxKind::ReceiveIndicate);
+        got.extend_from_slice(&r.data);
+    }
+    assert_eq!(got, msg, "indicated data");
+    for e in &rig.events {
+        assert_eq!(e.handle, Some(H));
+        assert_eq!(e.host_context, 5);
+        assert_eq!(e.code, chimney_abi::event::tcp_event::DISCONNECT);
+        saw_event_after = true;
+    }
+    assert!(
+        saw_event_after,
+        "no TcpIndicateDisconnect after the peer's FIN"
+    );
+}
+
+#[test]
+fn peer_reset_raises_abort_and_fails_outstanding_sends_c192() {
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(&mut rig);
+    let export = rig.host.export(rig.now, hc).unwrap();
+    rig.dp.offload(H, 6, &export, rig.now).unwrap();
+    // The peer stops reading: a big send cannot be acknowledged fully before the RST.
+    rig.dp.data_request(
+        rig.now,
+        DataRequest::Send {
+            handle: H,
+            request_id: 9,
+            data: pattern(4, 1 << 20),
+        },
+    );
+    rig.pump(3);
+    rig.peer.abort(pc).unwrap();
+    rig.pump(20);
+    let aborts: Vec<_> = rig
+        .events
+        .iter()
+        .filter(|e| e.code == chimney_abi::event::tcp_event::ABORT)
+        .collect();
+    assert_eq!(aborts.len(), 1, "events {:?}", rig.events);
+    assert_eq!(aborts[0].host_context, 6);
+    let send = rig
+        .records
+        .iter()
+        .find(|r| r.kind == DataRxKind::SendComplete && r.request_id == 9)
+        .expect("send completion");
+    assert_eq!(send.status, NdisStatus::REQUEST_ABORTED);
+}
