@@ -354,9 +354,9 @@ pub fn capabilities(limits: ObjectLimits) -> TcpConnectionOffload {
 
 /// Why a request chain could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ChainError {
-    reason: Reason,
-    field: &'static str,
+pub(crate) struct ChainError {
+    pub(crate) reason: Reason,
+    pub(crate) field: &'static str,
 }
 
 fn chain_err(reason: Reason, field: &'static str) -> ChainError {
@@ -400,6 +400,22 @@ impl ControlRing {
 
     pub fn plane(&self) -> &ControlPlane {
         &self.plane
+    }
+
+    /// Deliver events the data path raised (no request needed): call after the data path
+    /// had work (switched frames, timers).
+    pub fn pump_events<M: GuestMemory>(&mut self, mem: &M, rx: &mut Queue) -> RingActivity {
+        let mut act = RingActivity::default();
+        for r in self.plane.data_events() {
+            let bytes = r.encode();
+            self.pending_bytes += bytes.len();
+            self.outbox.push_back(bytes);
+        }
+        self.deliver(mem, rx, &mut act);
+        if !self.outbox.is_empty() && rx.enable_notification(mem).unwrap_or(false) {
+            self.deliver(mem, rx, &mut act);
+        }
+        act
     }
 
     /// Records waiting for rx buffers.
@@ -557,7 +573,11 @@ impl ControlRing {
 
 /// Write `data` across the writable descriptors, in order. False if any part lies outside
 /// guest memory (the buffer is then returned unused and the fragment goes to the next one).
-fn write_scattered<M: GuestMemory>(mem: &M, descs: &[(GuestAddress, usize)], data: &[u8]) -> bool {
+pub(crate) fn write_scattered<M: GuestMemory>(
+    mem: &M,
+    descs: &[(GuestAddress, usize)],
+    data: &[u8],
+) -> bool {
     let mut rest = data;
     for (addr, len) in descs {
         if rest.is_empty() {
@@ -574,7 +594,7 @@ fn write_scattered<M: GuestMemory>(mem: &M, descs: &[(GuestAddress, usize)], dat
 
 /// Copy a request chain out of guest memory (checked accessors only). On failure, the
 /// request header is returned too when the bytes read so far contain a valid one.
-fn read_chain<M: GuestMemory>(
+pub(crate) fn read_chain<M: GuestMemory>(
     mem: &M,
     chain: virtio_queue::DescriptorChain<&M>,
 ) -> Result<Vec<u8>, (Option<RequestHeader>, ChainError)> {

@@ -14,6 +14,8 @@ pub mod control_ring;
 pub mod conversion;
 pub mod daemon;
 pub mod data_path;
+pub mod data_plane;
+pub mod data_ring;
 mod error;
 pub mod features;
 pub mod nic;

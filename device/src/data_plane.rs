@@ -1,0 +1,207 @@
+//! The data plane's I/O glue for the backend (thin, DESIGN.md rule 4): the shared
+//! [`DataPath`], one [`DataRing`] per data pair, the wire sink (engine frames → TAP with a
+//! virtio-net header: TSO super-frames and partial checksums left to the kernel), a notify
+//! eventfd (the NIC thread switched frames to the data path: the ring thread must deliver
+//! results) and a timerfd for the engines' timers.
+//!
+//! Threads: the NIC thread calls [`DataPlane::switch_frame`] for every frame from the TAP;
+//! the ring thread calls [`DataPlane::serve_pair`] on data queue kicks and
+//! [`DataPlane::on_wakeup`] when the notify or timer fd fires, then serves every data pair and
+//! pumps the control ring's events.
+
+use crate::control_ring::{RingActivity, SharedDataPath};
+use crate::data_path::{now, DataPath};
+use crate::data_ring::DataRing;
+use chimney_netstack::{Transmit, TxOffload};
+use chimney_wire::{PcapWriter, Tap, VnetHeader, VNET_HDR_LEN};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use virtio_queue::Queue;
+use vm_memory::GuestMemory;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+pub struct DataPlane {
+    dp: SharedDataPath,
+    rings: Vec<Mutex<DataRing>>,
+    notify: EventFd,
+    timer: Mutex<TimerFd>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The 12-byte header the TAP needs for an engine frame.
+fn vnet_header(t: &Transmit<'_>) -> VnetHeader {
+    let mut h = VnetHeader::default();
+    if let Some((start, off)) = t.csum_partial {
+        h.flags = VnetHeader::F_NEEDS_CSUM;
+        h.csum_start = start;
+        h.csum_offset = off;
+    }
+    if let Some(g) = t.gso {
+        h.gso_type = if g.ipv6 {
+            VnetHeader::GSO_TCPV6
+        } else {
+            VnetHeader::GSO_TCPV4
+        };
+        h.gso_size = g.mss;
+        h.hdr_len = g.header_len;
+    }
+    h
+}
+
+impl DataPlane {
+    /// `data_pairs`: queue pairs beyond pair 1. Engine frames go to `tap` (and `pcap`).
+    pub fn new(
+        mac: [u8; 6],
+        data_pairs: u16,
+        tap: Option<Arc<Tap>>,
+        pcap: Option<Arc<PcapWriter>>,
+    ) -> io::Result<DataPlane> {
+        let mut buf = vec![0u8; VNET_HDR_LEN + 65_600];
+        let sink = Box::new(move |t: &Transmit<'_>| {
+            let Some(tap) = &tap else { return };
+            let n = VNET_HDR_LEN + t.frame.len();
+            if n > buf.len() {
+                return;
+            }
+            buf[..VNET_HDR_LEN].copy_from_slice(&vnet_header(t).to_bytes());
+            buf[VNET_HDR_LEN..n].copy_from_slice(t.frame);
+            if let Some(p) = &pcap {
+                let _ = p.record(t.frame);
+            }
+            match tap.write_raw(&buf[..n]) {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!("offload tx: TAP queue full, frame dropped"),
+                Err(e) => tracing::debug!(error = %e, "offload tx: TAP write"),
+            }
+        });
+        // The kernel cuts TSO super-frames and fills partial checksums (IFF_VNET_HDR).
+        let offload = TxOffload {
+            tso: true,
+            checksum: true,
+        };
+        let dp = DataPath::new(mac, data_pairs, offload, sink);
+        let timer = TimerFd::new()?;
+        // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes, so that
+        // `on_wakeup` can read it when only the notify fd fired.
+        let rc = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DataPlane {
+            dp: Arc::new(Mutex::new(dp)),
+            rings: (0..data_pairs)
+                .map(|i| Mutex::new(DataRing::new(i)))
+                .collect(),
+            notify: EventFd::new(EFD_NONBLOCK)?,
+            timer: Mutex::new(timer),
+        })
+    }
+
+    pub fn shared(&self) -> SharedDataPath {
+        self.dp.clone()
+    }
+
+    pub fn data_pairs(&self) -> u16 {
+        self.rings.len() as u16
+    }
+
+    pub fn notify_fd(&self) -> RawFd {
+        self.notify.as_raw_fd()
+    }
+
+    pub fn timer_fd(&self) -> RawFd {
+        lock(&self.timer).as_raw_fd()
+    }
+
+    /// NIC thread: a frame from the TAP (12-byte virtio-net header first). True when it
+    /// belonged to an offloaded connection and went to its engine (the logical switch).
+    pub fn switch_frame(&self, with_hdr: &[u8]) -> bool {
+        let Some(frame) = with_hdr.get(VNET_HDR_LEN..) else {
+            return false;
+        };
+        let mut dp = lock(&self.dp);
+        let Some(h) = dp.classify(frame) else {
+            return false;
+        };
+        // Checksums: DATA_VALID = checked by the kernel; NEEDS_CSUM = local, not computed.
+        let checked = with_hdr[0] & (VnetHeader::F_DATA_VALID | VnetHeader::F_NEEDS_CSUM) != 0;
+        dp.handle_frame(now(), h, frame, checked);
+        drop(dp);
+        let _ = self.notify.write(1);
+        true
+    }
+
+    /// Ring thread: the notify or timer fd fired. Runs due timers and flushes; the caller
+    /// then serves every pair and pumps the control ring.
+    pub fn on_wakeup(&self) {
+        let _ = self.notify.read();
+        let mut t = lock(&self.timer);
+        let _ = t.wait_nonblocking();
+        drop(t);
+        let now = now();
+        let mut dp = lock(&self.dp);
+        dp.handle_timeout(now);
+        dp.flush(now);
+        drop(dp);
+        self.rearm_timer();
+    }
+
+    /// Ring thread: serve data pair `index` (0-based among data pairs).
+    pub fn serve_pair<M: GuestMemory>(
+        &self,
+        mem: &M,
+        index: u16,
+        tx: &mut Queue,
+        rx: &mut Queue,
+    ) -> RingActivity {
+        let Some(ring) = self.rings.get(usize::from(index)) else {
+            return RingActivity::default();
+        };
+        let act = lock(ring).process(mem, tx, rx, &self.dp);
+        self.rearm_timer();
+        act
+    }
+
+    /// Arm the timerfd for the earliest engine deadline.
+    pub fn rearm_timer(&self) {
+        let next = lock(&self.dp).poll_timeout();
+        let mut t = lock(&self.timer);
+        let r = match next {
+            Some(at) => {
+                let d = at
+                    .saturating_duration_since(now())
+                    .max(Duration::from_micros(50));
+                t.reset(d, None)
+            }
+            None => t.clear(),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "timerfd");
+        }
+    }
+}
+
+/// Non-blocking read of the timerfd (it is created blocking by vmm-sys-util).
+trait WaitNonBlocking {
+    fn wait_nonblocking(&mut self) -> io::Result<u64>;
+}
+
+impl WaitNonBlocking for TimerFd {
+    fn wait_nonblocking(&mut self) -> io::Result<u64> {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes into a valid 8-byte buffer from a timerfd we own (set
+        // O_NONBLOCK in `DataPlane::new`).
+        let n = unsafe { libc::read(self.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        if n == 8 {
+            Ok(u64::from_ne_bytes(buf))
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
