@@ -102,6 +102,8 @@ pub struct Nic {
     rx_pending: Option<usize>,
     /// Heads and lengths of the rx chains used for the current frame (reused).
     rx_used: Vec<(u16, u32)>,
+    /// The logical switch: frames of offloaded connections go to their engines.
+    switch: Option<Arc<crate::data_plane::DataPlane>>,
 }
 
 enum Deliver {
@@ -121,7 +123,13 @@ impl Nic {
             rx_buf: vec![0; MAX_FRAME_WITH_HDR + 2],
             rx_pending: None,
             rx_used: Vec::with_capacity(64),
+            switch: None,
         }
+    }
+
+    /// Send frames of offloaded 4-tuples to the data plane instead of the guest.
+    pub fn set_switch(&mut self, switch: Option<Arc<crate::data_plane::DataPlane>>) {
+        self.switch = switch;
     }
 
     /// Apply acked features: header length, mergeable buffers, TAP offloads.
@@ -236,6 +244,16 @@ impl Nic {
             };
             if n < VNET_HDR_LEN {
                 continue; // the kernel always gives a header; ignore anything else
+            }
+            if let Some(sw) = &self.switch {
+                if sw.switch_frame(&self.rx_buf[..n]) {
+                    if let Some(p) = &self.pcap {
+                        if let Err(e) = p.record(&self.rx_buf[VNET_HDR_LEN..n]) {
+                            tracing::warn!(error = %e, "pcap");
+                        }
+                    }
+                    continue;
+                }
             }
             match self.deliver(mem, q, n) {
                 Deliver::Done => used = true,
