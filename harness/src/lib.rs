@@ -16,6 +16,7 @@ pub mod error;
 pub mod foundation;
 pub mod frames;
 pub mod frontend;
+pub mod host_stack;
 pub mod ndis;
 pub mod objects;
 pub mod scenario;
