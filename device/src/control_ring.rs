@@ -375,6 +375,8 @@ pub struct ControlRing {
     rx_sequence: u32,
     /// Chains consumed so far (tx requests + rx buffers), to detect progress.
     served: u64,
+    /// The data plane whose connections the operations act on (None: issue-2 behaviour).
+    data_plane: Option<Arc<crate::data_plane::DataPlane>>,
 }
 
 impl ControlRing {
@@ -387,8 +389,20 @@ impl ControlRing {
         Self::with_plane(ControlPlane::with_data_path(limits, data))
     }
 
+    /// A control ring for a device with a data plane (the daemon's normal case).
+    pub fn with_data_plane(limits: ObjectLimits, dp: Arc<crate::data_plane::DataPlane>) -> Self {
+        let mut r = Self::with_data_path(limits, dp.shared());
+        r.data_plane = Some(dp);
+        r
+    }
+
+    pub fn data_plane(&self) -> Option<Arc<crate::data_plane::DataPlane>> {
+        self.data_plane.clone()
+    }
+
     fn with_plane(plane: ControlPlane) -> Self {
         Self {
+            data_plane: None,
             plane,
             outbox: VecDeque::new(),
             sent: 0,

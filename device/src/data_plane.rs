@@ -18,7 +18,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use virtio_queue::Queue;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -28,6 +29,14 @@ pub struct DataPlane {
     rings: Vec<Mutex<DataRing>>,
     notify: EventFd,
     timer: Mutex<TimerFd>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("data_pairs", &self.rings.len())
+            .finish()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,6 +211,92 @@ impl WaitNonBlocking for TimerFd {
             Ok(u64::from_ne_bytes(buf))
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Epoll token of the notify eventfd in the ring thread (above the queue, TAP and stop
+/// tokens of `backend`).
+pub fn notify_token(num_queues: usize) -> u64 {
+    num_queues as u64 + 3
+}
+
+/// Epoll token of the engine timerfd in the ring thread.
+pub fn timer_token(num_queues: usize) -> u64 {
+    num_queues as u64 + 4
+}
+
+fn ring_live(v: &VringRwLock) -> bool {
+    let g = v.get_ref();
+    g.get_queue().ready() && g.is_enabled()
+}
+
+fn signal(v: &VringRwLock) {
+    match v.needs_notification() {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = v.signal_used_queue() {
+                tracing::warn!(error = %e, "data ring: signal used queue");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "data ring: needs_notification"),
+    }
+}
+
+/// Ring thread, everything beyond the control pair: `event` is the thread-relative event
+/// (0/1 = control rx/tx, 2.. = data queues) or one of the notify/timer tokens; `vrings` are
+/// the ring thread's vrings (control rx, control tx, data rx 0, data tx 0, …). Serves the
+/// kicked pair (or all pairs after a wakeup) and pumps data-path events onto control rx.
+pub fn serve_ring_event<M: GuestMemory>(
+    plane: &DataPlane,
+    control: &Mutex<crate::control_ring::ControlRing>,
+    mem: &M,
+    event: u16,
+    vrings: &[VringRwLock],
+    num_queues: usize,
+) {
+    let e = u64::from(event);
+    let pairs: Vec<u16> = if e == notify_token(num_queues) || e == timer_token(num_queues) {
+        plane.on_wakeup();
+        (0..plane.data_pairs()).collect()
+    } else if event >= 2 {
+        vec![(event - 2) / 2]
+    } else {
+        (0..plane.data_pairs()).collect()
+    };
+    for i in pairs {
+        let base = 2 + 2 * usize::from(i);
+        let (Some(rx), Some(tx)) = (vrings.get(base), vrings.get(base + 1)) else {
+            continue;
+        };
+        if !ring_live(rx) || !ring_live(tx) {
+            continue;
+        }
+        let act = {
+            let mut txg = tx.get_mut();
+            let mut rxg = rx.get_mut();
+            plane.serve_pair(mem, i, txg.get_queue_mut(), rxg.get_queue_mut())
+        };
+        if act.tx_used {
+            signal(tx);
+        }
+        if act.rx_used {
+            signal(rx);
+        }
+    }
+    // Events the data path raised go out on control rx.
+    if let Some(crx) = vrings.first() {
+        if ring_live(crx) {
+            let act = {
+                let mut g = crx.get_mut();
+                control
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pump_events(mem, g.get_queue_mut())
+            };
+            if act.rx_used {
+                signal(crx);
+            }
         }
     }
 }
