@@ -57,7 +57,7 @@ pub fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
     transfer_opts(cell, v6, active, seed, len, None);
 }
 
-/// As `transfer`; with `migrate_at`, once that many bytes went each way the connection is
+/// As `transfer`; with `migrate_at`, once that many bytes went one way the connection is
 /// exported from the engine and imported into a fresh one, which finishes the transfer.
 pub fn transfer_opts(
     cell: Cell,
@@ -127,7 +127,8 @@ pub fn transfer_opts(
             }
             if let Some(at) = migrate_at {
                 let in_flight = r.engine.tcb(tx.conn).is_ok_and(|t| t.snd_max != t.snd_una);
-                if !migrated && tx.off >= at && rx.n >= at && in_flight {
+                // Halfway through either direction, while our data is in flight.
+                if !migrated && (tx.off >= at || rx.n >= at) && in_flight {
                     // Export mid-transfer with data in flight and unacknowledged; import into a
                     // brand-new engine instance (DESIGN rule 5).
                     let now = r.now();

@@ -1411,7 +1411,10 @@ impl Tcb {
         Some(s)
     }
 
-    /// Whether there is something to send now (cheap check for the engine's ready list).
+    /// Whether there may be something to send now (cheap check for the engine's ready list).
+    /// Must be true whenever `poll_segment` could return a segment: a FIN waiting at SND.NXT
+    /// after a timeout counts (a lost FIN once went unretransmitted until the connection
+    /// timed out).
     pub fn wants_output(&self) -> bool {
         self.send_rst
             || self.ack_now
@@ -1422,7 +1425,7 @@ impl Tcb {
                 && (self.unsent() > 0
                     || self.in_recovery
                     || self.rexmit_una
-                    || self.fin_seq.is_some_and(|f| !seq::gt(self.snd_max, f))))
+                    || self.fin_seq.is_some_and(|f| seq::le(self.snd_nxt, f))))
     }
 
     // ---- Export / import (§2.6) -------------------------------------------------------
