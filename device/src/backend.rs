@@ -6,16 +6,15 @@ use crate::control_ring::ControlRing;
 use crate::features::{offered_protocol_features, NegotiatedNet, OFFERED_FEATURES};
 use crate::nic::Nic;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -37,6 +36,10 @@ struct Inner {
     nic: Mutex<Nic>,
     control: Mutex<ControlRing>,
     event_idx: AtomicBool,
+    /// Written when the connection ends: the worker threads see it and stop (see
+    /// `handle_event`). Ours, so it is closed with the backend; the crate's `exit_event`
+    /// path would leak one descriptor per thread and connection.
+    stop: EventFd,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,8 +54,8 @@ impl NetBackend {
         mac: [u8; 6],
         nic: Nic,
         control: ControlRing,
-    ) -> NetBackend {
-        NetBackend {
+    ) -> io::Result<NetBackend> {
+        Ok(NetBackend {
             inner: Arc::new(Inner {
                 num_queues: 2 * usize::from(queue_pairs.max(1)),
                 max_queue_size: usize::from(max_queue_size),
@@ -61,7 +64,34 @@ impl NetBackend {
                 nic: Mutex::new(nic),
                 control: Mutex::new(control),
                 event_idx: AtomicBool::new(false),
+                stop: EventFd::new(EFD_NONBLOCK)?,
             }),
+        })
+    }
+
+    /// The epoll token of the stop eventfd (in every worker thread).
+    pub fn stop_token(&self) -> u64 {
+        self.inner.num_queues as u64 + 2
+    }
+
+    /// The stop eventfd, to register in each worker's epoll.
+    pub fn stop_fd(&self) -> std::os::fd::RawFd {
+        self.inner.stop.as_raw_fd()
+    }
+
+    /// Register the stop eventfd in every worker's epoll (do it right after creating the
+    /// daemon: its drop joins the workers, which only return on the stop event).
+    pub fn register_stop(&self, handlers: &[Arc<VringEpollHandler<NetBackend>>]) -> io::Result<()> {
+        for h in handlers {
+            h.register_listener(self.stop_fd(), EventSet::IN, self.stop_token())?;
+        }
+        Ok(())
+    }
+
+    /// Make every worker thread of this connection return.
+    pub fn request_stop(&self) {
+        if let Err(e) = self.inner.stop.write(1) {
+            tracing::error!(error = %e, "stop eventfd");
         }
     }
 
@@ -213,12 +243,6 @@ impl VhostUserBackend for NetBackend {
         }
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-            .map_err(|e| tracing::error!(error = %e, "exit eventfd"))
-            .ok()
-    }
-
     fn handle_event(
         &self,
         device_event: u16,
@@ -227,6 +251,10 @@ impl VhostUserBackend for NetBackend {
         thread_id: usize,
     ) -> io::Result<()> {
         // Never return an error for guest misbehaviour: an error stops the worker thread.
+        // That is exactly what the stop event is for (the connection has ended).
+        if u64::from(device_event) == self.stop_token() {
+            return Err(io::Error::other("connection ended: worker stops"));
+        }
         match thread_id {
             NIC_THREAD => self.handle_nic(device_event, vrings),
             RING_THREAD => self.handle_rings(device_event, vrings),

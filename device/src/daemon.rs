@@ -132,16 +132,23 @@ impl Device {
             self.cfg.mac,
             nic,
             ControlRing::new(self.cfg.limits),
-        );
+        )
+        .map_err(|e| DeviceError::io("create stop eventfd", e))?;
         let tap_token = backend.tap_token();
         let num_queues = u32::from(self.cfg.queue_pairs) * 2;
         let mut daemon = VhostUserDaemon::new(
             "chimney-device".into(),
-            backend,
+            backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| DeviceError::Daemon(e.to_string()))?;
+        // Declared after `daemon`, so dropped before it on every return path: the daemon's
+        // drop joins its worker threads, which return only on the stop event.
+        let _stop_workers = StopWorkers(backend.clone());
         let handlers = daemon.get_epoll_handlers();
+        backend
+            .register_stop(&handlers)
+            .map_err(|e| DeviceError::io("register stop eventfd", e))?;
         if let (Some(tap), Some(h)) = (&self.tap, handlers.get(NIC_THREAD)) {
             // Edge-triggered: when the guest has no rx buffers we stop reading and resume
             // on its rx kick, instead of spinning on a readable fd.
@@ -183,9 +190,6 @@ impl Device {
             }
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        for h in daemon.get_epoll_handlers() {
-            h.send_exit_event();
-        }
         drop(handlers);
         match result {
             Ok(()) => Ok(()),
@@ -219,6 +223,15 @@ impl Device {
             current,
             thread: Some(thread),
         })
+    }
+}
+
+/// Stops the connection's worker threads when dropped.
+struct StopWorkers(NetBackend);
+
+impl Drop for StopWorkers {
+    fn drop(&mut self) {
+        self.0.request_stop();
     }
 }
 

@@ -259,15 +259,25 @@ fn published_daemon_without_relay_drops_qemu_early_set_vring_enable() {
         [0x52, 0x54, 0, 0, 0, 1],
         Nic::new(None, None, Arc::new(NicStats::default())),
         ControlRing::new(Default::default()),
-    );
+    )
+    .expect("backend");
+    let stopper = backend.clone();
     let mut daemon = VhostUserDaemon::new(
         "no-relay".into(),
         backend,
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .expect("daemon");
+    stopper
+        .register_stop(&daemon.get_epoll_handlers())
+        .expect("register stop");
     let p2 = path.clone();
-    let server = std::thread::spawn(move || daemon.serve(&p2).map_err(|e| e.to_string()));
+    let server = std::thread::spawn(move || {
+        let r = daemon.serve(&p2).map_err(|e| e.to_string());
+        // The daemon's drop joins its worker threads: stop them first.
+        stopper.request_stop();
+        r
+    });
     let mut fe = Frontend::connect(&path, 4);
     let steps = parse_fixture(FIXTURE);
     let first_enable = steps
