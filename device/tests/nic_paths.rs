@@ -48,7 +48,8 @@ fn rx_until(
 }
 
 #[test]
-fn legacy_header_without_mrg_rxbuf_is_10_bytes_both_ways_and_too_big_frames_return_the_buffer_unused() {
+fn legacy_header_without_mrg_rxbuf_is_10_bytes_both_ways_and_too_big_frames_return_the_buffer_unused(
+) {
     let topo = Topology::new(&TopologyConfig {
         ns_prefix: "chimney-dev-nic".into(),
         ..TopologyConfig::default()
