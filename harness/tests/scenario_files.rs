@@ -191,3 +191,15 @@ fn coverage_lists_all_234_items_with_section_totals() {
         .unwrap_or_default();
     assert!(c009.contains("bulk-1024"), "C-009 line: {c009}");
 }
+
+#[test]
+fn ring_level_steps_need_driver_ring() {
+    let e = error_of(&format!(
+        "{HEAD}[[step]]\nbad_request = {{ kind = \"cycle\", expect_error = \"LinkCycle\" }}\n"
+    ));
+    assert_error(&e, 4, Some("step[0].bad_request.kind"), "driver = \"ring\"");
+    let ok = load_text(&format!(
+        "driver = \"ring\"\n{HEAD}[[step]]\nbad_request = {{ kind = \"cycle\", expect_error = \"LinkCycle\" }}\n"
+    ));
+    assert!(ok.is_ok(), "with driver = ring it loads: {ok:?}");
+}

@@ -84,6 +84,7 @@ offload = { blocks = [ { linker = "path4", dependent = 1 }, { new = "tcp", name 
 fn wrong_expected_error_reason_fails_with_both_reasons() {
     let text = r#"
 summary = "expects the wrong reason for a cycle"
+driver = "ring"
 verifies = ["C-035"]
 [[step]]
 bad_request = { kind = "cycle", expect_error = "LayerOrder", verifies = ["C-035"] }

@@ -32,6 +32,11 @@ pub struct Scenario {
     pub summary: String,
     /// Checklist items (C-NNN) this scenario verifies when it passes.
     pub verifies: Vec<ItemId>,
+    /// How the runner reaches the offload target: `ndis` (default) drives the miniport
+    /// through its registered handler tables; `ring` talks to the control ring directly,
+    /// for the device's own input validation (`bad_request`, `expect_error`).
+    #[serde(default)]
+    pub driver: DriverKind,
     #[serde(default)]
     pub device: DeviceSettings,
     #[serde(rename = "step")]
@@ -42,6 +47,14 @@ pub struct Scenario {
     /// Line of each `[[step]]` header, for messages (not in the file).
     #[serde(skip)]
     pub step_lines: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    #[default]
+    Ndis,
+    Ring,
 }
 
 /// `[device]`: how the device is started for this scenario.
@@ -742,6 +755,30 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
     for (i, step) in sc.steps.iter().enumerate() {
         let k = |f: &str| format!("step[{i}].{}.{f}", step.name());
         let bad = |f: &str, m: String| Err((Some(i), k(f), m));
+        let ring_only = match step {
+            Step::BadRequest { .. } => Some("kind"),
+            Step::Update {
+                expect_error: Some(_),
+                ..
+            }
+            | Step::Invalidate {
+                expect_error: Some(_),
+                ..
+            }
+            | Step::Terminate {
+                expect_error: Some(_),
+                ..
+            } => Some("expect_error"),
+            _ => None,
+        };
+        if let (Some(f), DriverKind::Ndis) = (ring_only, sc.driver) {
+            return bad(
+                f,
+                "ERROR completions of the control ring are below the NDIS interface: put \
+                 `driver = \"ring\"` at the top of the scenario"
+                    .into(),
+            );
+        }
         match step {
             Step::OffloadSet { connections, .. }
                 if *connections == 0 || *connections as usize > MAX_TCP_OBJECTS =>

@@ -7,6 +7,7 @@
 //! - [`checklist`]: the embedded checklist (C-001…C-234) for `coverage`;
 //! - [`report`]: summary table, JUnit, TAP 13, JSON, coverage;
 //! - [`host`]: the host stack (netstack engine on queue pair 0) and the Linux peer;
+//! - [`link`]: NDIS model (default) or raw control ring, behind one interface;
 //! - [`plot`]: time-sequence SVG per TCP connection of a scenario's pcap;
 //! - [`cleanup`]: namespaces and device processes to remove on Ctrl-C.
 
@@ -15,6 +16,7 @@ pub mod cleanup;
 pub mod conformance;
 pub mod format;
 pub mod host;
+pub mod link;
 pub mod plot;
 pub mod report;
 pub mod runner;

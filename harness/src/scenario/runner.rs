@@ -214,7 +214,7 @@ impl Obj {
 
 /// The harness's side of one scenario: the session, the model, the monitor.
 struct World<'a> {
-    s: &'a mut ControlSession,
+    link: super::link::Link<'a>,
     /// The VMM and namespace, for the host stack (None when attached to a device).
     vmm: &'a mut Vmm,
     ns: Option<&'a chimney_wire::NetNs>,
@@ -251,23 +251,50 @@ impl World<'_> {
             .ok_or_else(|| format!("no object named `{name}` was offloaded by an earlier step"))
     }
 
-    /// Drain events the driver has read (and any now on the ring) through the monitor.
-    fn drain_events(&mut self) -> Result<(), String> {
-        let p = self.s.platform_arc();
-        self.s
-            .channel
-            .poll(&*p)
-            .map_err(|e| format!("reading the control ring: {e}"))?;
-        while let Some(e) = self.s.channel.next_event() {
+    /// Feed events through the monitor into the queue.
+    fn take_events(&mut self, evs: Vec<Event>) {
+        for e in evs {
             self.monitor.event(&e);
             self.events.push_back(e);
         }
-        Ok(())
+    }
+
+    /// Collect events that have arrived (waiting up to `wait` for one).
+    fn poll_events(&mut self, wait: Duration) -> Result<usize, String> {
+        let objs = &self.objs;
+        let handle_of = |ctx: u64| {
+            objs.iter()
+                .rev()
+                .find(|o| o.host_context == ctx)
+                .map(|o| o.handle.0)
+        };
+        let evs = self
+            .link
+            .events(wait, &handle_of)
+            .map_err(|e| format!("reading events: {e}"))?;
+        let n = evs.len();
+        self.take_events(evs);
+        Ok(n)
+    }
+
+    fn drain_events(&mut self) -> Result<(), String> {
+        self.poll_events(Duration::ZERO).map(|_| ())
     }
 
     fn call(&mut self, what: &str, body: RequestBody) -> Result<Completion, String> {
-        let c = self.s.call(body).map_err(|e| format!("{what}: {e}"))?;
-        self.drain_events()?;
+        let objs = &self.objs;
+        let handle_of = |ctx: u64| {
+            objs.iter()
+                .rev()
+                .find(|o| o.host_context == ctx)
+                .map(|o| o.handle.0)
+        };
+        let (c, evs) = self
+            .link
+            .call(body, &handle_of)
+            .map_err(|e| format!("{what}: {e}"))?;
+        // Events that came before the completion are judged before it takes effect.
+        self.take_events(evs);
         Ok(c)
     }
 
@@ -1046,11 +1073,7 @@ fn step_terminate(
         }
     }
     let n = tree.blocks.len();
-    let c =
-        w.s.call(RequestBody::Terminate(tree))
-            .map_err(|e| format!("terminate: {e}"))?;
-    // Events read together with this completion came before it.
-    w.drain_events()?;
+    let c = w.call("terminate", RequestBody::Terminate(tree))?;
     if expect_error_or_not("terminate", &c, expect_error, items)? {
         return Ok(format!("refused with {:?}", expect_error));
     }
@@ -1153,29 +1176,25 @@ fn step_expect_events(
     let deadline = Instant::now() + w.event_timeout;
     let mut got = 0;
     while got < total {
-        let e =
-            match w.events.pop_front() {
-                Some(e) => e,
-                None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let p = w.s.platform_arc();
-                    match w.s.channel.wait_event(&*p, left) {
-                        Ok(e) => {
-                            w.monitor.event(&e);
-                            e
-                        }
-                        Err(err) => {
-                            return Err(format!(
-                            "expected {total} {kind:?} event(s){}, seen {got} before giving up \
-                             after {:?} ({err}){}",
-                            reason.map(|r| format!(" with reason {r}")).unwrap_or_default(),
-                            w.event_timeout,
-                            cite(items)
-                        ))
-                        }
-                    }
+        let e = match w.events.pop_front() {
+            Some(e) => e,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "expected {total} {kind:?} event(s){}, seen {got} before giving up \
+                         after {:?}{}",
+                        reason
+                            .map(|r| format!(" with reason {r}"))
+                            .unwrap_or_default(),
+                        w.event_timeout,
+                        cite(items)
+                    ));
                 }
-            };
+                w.poll_events(left.min(Duration::from_millis(200)))?;
+                continue;
+            }
+        };
         let h = e.handle.map_or(0, |h| h.0);
         let ok =
             event_matches(&e, kind, reason) && (objects.is_none() || wanted.remove(&h).is_some());
@@ -1206,6 +1225,9 @@ fn step_bad_request(
     expect: Reason,
     items: &[ItemId],
 ) -> StepResult {
+    if w.link.ring().is_none() {
+        return Err("bad_request needs `driver = \"ring\"`".into());
+    }
     let obj = match object {
         Some(n) => Some(w.find(n)?),
         None => None,
@@ -1272,7 +1294,7 @@ fn step_bad_request(
                 max_version: 1,
             }));
             bytes[0..2].copy_from_slice(&0x77u16.to_le_bytes());
-            let c = w.s.call_bytes(&bytes, &[]).map_err(|e| e.to_string())?;
+            let c = ring_bytes(w, &bytes)?;
             w.drain_events()?;
             c
         }
@@ -1287,7 +1309,7 @@ fn step_bad_request(
             bytes.truncate(bytes.len() - 4);
             let len = bytes.len() as u32;
             bytes[4..8].copy_from_slice(&len.to_le_bytes());
-            let c = w.s.call_bytes(&bytes, &[]).map_err(|e| e.to_string())?;
+            let c = ring_bytes(w, &bytes)?;
             w.drain_events()?;
             c
         }
@@ -1305,13 +1327,22 @@ fn step_bad_request(
             }));
             // Request header 16 + tree header 8: block 0's Type byte. Say "const".
             bytes[24] = o.ty(ClassName::Const) as u8;
-            let c = w.s.call_bytes(&bytes, &[]).map_err(|e| e.to_string())?;
+            let c = ring_bytes(w, &bytes)?;
             w.drain_events()?;
             c
         }
     };
     expect_error_or_not(&format!("bad request {kind:?}"), &c, Some(expect), items)?;
     Ok(format!("refused with {expect:?}"))
+}
+
+/// Raw request bytes on the control ring (driver = "ring" only).
+fn ring_bytes(w: &mut World<'_>, bytes: &[u8]) -> Result<Completion, String> {
+    let s = w
+        .link
+        .ring()
+        .ok_or("raw requests need `driver = \"ring\"`")?;
+    s.call_bytes(bytes, &[]).map_err(|e| e.to_string())
 }
 
 fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
@@ -1613,20 +1644,42 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
             }
         };
 
-    let (mut session, _neg) = match ControlSession::ready(vmm, opts.queue_size) {
-        Ok(s) => s,
-        Err(e) => {
-            report.error = Some(format!(
-                "control ring setup (NEGOTIATE, SET_PARAMETERS): {e}"
-            ));
-            report.steps = not_run(sc, 0);
-            report.duration = started.elapsed();
-            return report;
+    // The offload target through the NDIS model (default) or the raw control ring.
+    let mut session_holder: Option<ControlSession> = None;
+    let link = match sc.driver {
+        super::format::DriverKind::Ndis => {
+            match crate::ndis::Ndis::start(vmm, &chimney_abi::OffloadParameters::default()) {
+                Ok(n) => super::link::Link::Ndis {
+                    ndis: Box::new(n),
+                    cursor: 0,
+                },
+                Err(e) => {
+                    report.error = Some(format!(
+                        "miniport initialize + OID_TCP_CONNECTION_OFFLOAD_PARAMETERS: {e}"
+                    ));
+                    report.steps = not_run(sc, 0);
+                    report.duration = started.elapsed();
+                    return report;
+                }
+            }
         }
+        super::format::DriverKind::Ring => match ControlSession::ready(vmm, opts.queue_size) {
+            Ok((mut s, _)) => {
+                s.timeout = Duration::from_secs(30);
+                super::link::Link::Ring(session_holder.insert(s))
+            }
+            Err(e) => {
+                report.error = Some(format!(
+                    "control ring setup (NEGOTIATE, SET_PARAMETERS): {e}"
+                ));
+                report.steps = not_run(sc, 0);
+                report.duration = started.elapsed();
+                return report;
+            }
+        },
     };
-    session.timeout = Duration::from_secs(30);
     let mut w = World {
-        s: &mut session,
+        link,
         vmm,
         ns,
         host: None,
@@ -1688,7 +1741,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     // The host stack's queues live in the VMM's memory: drop it before the VMM.
     drop(w.host.take());
     drop(w);
-    drop(session);
+    drop(session_holder);
     drop(attached);
     drop(bed_holder); // flushes the device's pcap
     if let (Some(pcap), Some(dir)) = (&report.pcap, &opts.plots_dir) {

@@ -1,0 +1,397 @@
+//! How the runner reaches the offload target: through the miniport's registered handler
+//! tables (the NDIS model, `crate::ndis`, the default — the way Windows' stack does it) or
+//! directly on the control ring (`driver = "ring"`: for the device's own input validation,
+//! which an NDIS host cannot express — malformed records, raw ERROR completions).
+//!
+//! Both produce the same `Completion`/`Event` shapes so the steps and the conformance
+//! monitor do not care which one ran; with the NDIS model, a block's "handle" is the
+//! `MiniportOffloadContext` the miniport wrote (C-040) and events are identified by the
+//! `NdisOffloadHandle` the host gave (C-027/C-028), which the runner uses as host context.
+
+use std::time::{Duration, Instant};
+
+use chimney_abi::{
+    BlockResult, Completion, CompletionBody, DelegatedState, DeviceHandle, Event, EventClass,
+    InitiateBlock, NdisStatus, QueriedState, RefBlock, RequestBody, TerminateBlock, Tree,
+    UpdateBlock,
+};
+use chimney_miniport::miniport::OpKind;
+use chimney_miniport::ndis::blocklist::{BlockList, BlockTree};
+
+use crate::control_session::ControlSession;
+use crate::ndis::{Callback, Ndis};
+
+/// The runner's connection to the offload target.
+pub enum Link<'a> {
+    Ring(&'a mut ControlSession),
+    Ndis {
+        ndis: Box<Ndis>,
+        /// Next log entry not yet turned into an event.
+        cursor: usize,
+    },
+}
+
+fn block<B>(b: &chimney_abi::Block<B>) -> BlockList {
+    let mut bl = BlockList::new(b.state_type);
+    bl.next_block = b.next.map(|n| n as usize);
+    bl.dependent_block_list = b.dependent.map(|n| n as usize);
+    bl.ndis_offload_handle = b.host_context;
+    bl
+}
+
+/// The host's block list for a request tree (NDIS form).
+fn to_blocks(body: &RequestBody) -> Option<(OpKind, BlockTree)> {
+    let (kind, blocks): (OpKind, Vec<BlockList>) = match body {
+        RequestBody::Initiate(t) => (
+            OpKind::Initiate,
+            t.blocks
+                .iter()
+                .map(|b| {
+                    let mut bl = block(b);
+                    match &b.body {
+                        InitiateBlock::Placeholder => bl.miniport_offload_context = None,
+                        InitiateBlock::Linker(h) => bl.miniport_offload_context = Some(h.0),
+                        InitiateBlock::New(s) => {
+                            bl.miniport_offload_context = Some(0);
+                            bl.state = Some(QueriedState::select(s.state_type(), s));
+                        }
+                    }
+                    bl
+                })
+                .collect(),
+        ),
+        RequestBody::Query(t) | RequestBody::Invalidate(t) => (
+            if matches!(body, RequestBody::Query(_)) {
+                OpKind::Query
+            } else {
+                OpKind::Invalidate
+            },
+            ref_blocks(t),
+        ),
+        RequestBody::Update(t) => (
+            OpKind::Update,
+            t.blocks
+                .iter()
+                .map(|b| {
+                    let mut bl = block(b);
+                    if let UpdateBlock::Object { handle, cached } = &b.body {
+                        bl.miniport_offload_context = Some(handle.0);
+                        bl.state = cached.as_ref().map(|c| match c {
+                            chimney_abi::CachedState::Neighbor(n) => QueriedState::Neighbor {
+                                konst: None,
+                                cached: Some(*n),
+                                delegated: None,
+                            },
+                            chimney_abi::CachedState::Path(p) => QueriedState::Path {
+                                konst: None,
+                                cached: Some(*p),
+                                delegated: None,
+                            },
+                            chimney_abi::CachedState::Tcp(t) => QueriedState::Tcp {
+                                konst: None,
+                                cached: Some(*t),
+                                delegated: None,
+                            },
+                        });
+                    }
+                    bl
+                })
+                .collect(),
+        ),
+        RequestBody::Terminate(t) => (
+            OpKind::Terminate,
+            t.blocks
+                .iter()
+                .map(|b| {
+                    let mut bl = block(b);
+                    if let TerminateBlock::Object {
+                        handle,
+                        return_delegated,
+                    } = &b.body
+                    {
+                        bl.miniport_offload_context = Some(handle.0);
+                        // A structure after the block = "return the delegated state here".
+                        if *return_delegated {
+                            bl.state = Some(empty_state(b.state_type));
+                        }
+                    }
+                    bl
+                })
+                .collect(),
+        ),
+        _ => return None,
+    };
+    Some((kind, BlockTree { blocks }))
+}
+
+fn empty_state(ty: chimney_abi::OffloadStateType) -> QueriedState {
+    match ty.layer() {
+        chimney_abi::Layer::Neighbor => QueriedState::Neighbor {
+            konst: None,
+            cached: None,
+            delegated: None,
+        },
+        chimney_abi::Layer::Path => QueriedState::Path {
+            konst: None,
+            cached: None,
+            delegated: None,
+        },
+        chimney_abi::Layer::Tcp => QueriedState::Tcp {
+            konst: None,
+            cached: None,
+            delegated: None,
+        },
+    }
+}
+
+fn ref_blocks(t: &Tree<RefBlock>) -> Vec<BlockList> {
+    t.blocks
+        .iter()
+        .map(|b| {
+            let mut bl = block(b);
+            bl.miniport_offload_context = match b.body {
+                RefBlock::Placeholder => None,
+                RefBlock::Object(h) => Some(h.0),
+            };
+            bl
+        })
+        .collect()
+}
+
+fn delegated_of(q: &QueriedState) -> Option<DelegatedState> {
+    match q {
+        QueriedState::Neighbor {
+            delegated: Some(d), ..
+        } => Some(DelegatedState::Neighbor(*d)),
+        QueriedState::Path {
+            delegated: Some(d), ..
+        } => Some(DelegatedState::Path(*d)),
+        QueriedState::Tcp {
+            delegated: Some(d), ..
+        } => Some(DelegatedState::Tcp(*d)),
+        _ => None,
+    }
+}
+
+/// The host's view of a completed tree, in the ring's completion shape.
+fn to_completion(body: &RequestBody, done: &BlockTree) -> Completion {
+    let status = done
+        .blocks
+        .first()
+        .map_or(NdisStatus::FAILURE, |b| b.status);
+    let ty = |i: usize, b: &BlockList| {
+        b.state_type().unwrap_or_else(|| match body {
+            RequestBody::Initiate(t) => t.blocks[i].state_type,
+            _ => chimney_abi::OffloadStateType::Neighbor,
+        })
+    };
+    let plain = |with_handle: &dyn Fn(usize, &BlockList) -> Option<DeviceHandle>| {
+        done.blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BlockResult {
+                state_type: ty(i, b),
+                status: b.status,
+                handle: with_handle(i, b),
+                state: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let body = match body {
+        RequestBody::Initiate(t) => CompletionBody::Initiate(plain(&|i, b| {
+            match t.blocks.get(i).map(|x| &x.body) {
+                // A new offload's location: the context written on success (C-040).
+                Some(InitiateBlock::New(_)) => b
+                    .miniport_offload_context
+                    .filter(|v| *v != 0)
+                    .map(DeviceHandle),
+                // A linker's location must stay as it was; a change shows as a handle.
+                Some(InitiateBlock::Linker(h)) => b
+                    .miniport_offload_context
+                    .filter(|v| *v != h.0)
+                    .map(DeviceHandle),
+                _ => b.miniport_offload_context.map(DeviceHandle),
+            }
+        })),
+        RequestBody::Query(_) => CompletionBody::Query(
+            done.blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BlockResult {
+                    state_type: ty(i, b),
+                    status: b.status,
+                    handle: None,
+                    state: b.state,
+                })
+                .collect(),
+        ),
+        RequestBody::Update(_) => CompletionBody::Update(plain(&|_, _| None)),
+        RequestBody::Invalidate(_) => CompletionBody::Invalidate(plain(&|_, _| None)),
+        RequestBody::Terminate(_) => CompletionBody::Terminate(
+            done.blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BlockResult {
+                    state_type: ty(i, b),
+                    status: b.status,
+                    handle: None,
+                    state: b.state.as_ref().and_then(delegated_of),
+                })
+                .collect(),
+        ),
+        _ => CompletionBody::SetParameters,
+    };
+    Completion {
+        request_id: 0,
+        opcode: 0,
+        tx_head: 0,
+        status,
+        body,
+    }
+}
+
+/// One NDIS callback as a ring-style event (None for completions of other kinds).
+/// `handle_of(ndis_offload_handle)` finds the object the host gave that handle.
+fn to_event(c: &Callback, seq: u64, handle_of: &dyn Fn(u64) -> Option<u64>) -> Option<Event> {
+    Some(match c {
+        Callback::TcpEvent {
+            ndis_offload_handle,
+            event_type,
+            info,
+        } => Event {
+            sequence: seq,
+            class: EventClass::TcpEvent,
+            status: NdisStatus::SUCCESS,
+            handle: handle_of(*ndis_offload_handle).map(DeviceHandle),
+            host_context: *ndis_offload_handle,
+            code: *event_type,
+            info: *info,
+            payload: Vec::new(),
+        },
+        Callback::OffloadEvent { code, block_list } => Event {
+            sequence: seq,
+            class: EventClass::OffloadEvent,
+            status: NdisStatus::SUCCESS,
+            handle: None,
+            host_context: 0,
+            code: *code,
+            info: 0,
+            // Only whether a block list came matters to the checks (C-229).
+            payload: if block_list.is_some() {
+                vec![1]
+            } else {
+                Vec::new()
+            },
+        },
+        Callback::Status(s) => Event {
+            sequence: seq,
+            class: EventClass::StatusIndication,
+            status: s.status_code,
+            handle: None,
+            host_context: 0,
+            code: 0,
+            info: 0,
+            payload: Vec::new(),
+        },
+        _ => return None,
+    })
+}
+
+impl Link<'_> {
+    pub fn is_ndis(&self) -> bool {
+        matches!(self, Link::Ndis { .. })
+    }
+
+    /// Run one state operation; returns its completion and the events that came before it
+    /// (NDIS: logged before the completion; ring: read together with it).
+    pub fn call(
+        &mut self,
+        body: RequestBody,
+        handle_of: &dyn Fn(u64) -> Option<u64>,
+    ) -> Result<(Completion, Vec<Event>), String> {
+        match self {
+            Link::Ring(s) => {
+                let c = s.call(body).map_err(|e| e.to_string())?;
+                let evs = self.events(Duration::ZERO, handle_of)?;
+                Ok((c, evs))
+            }
+            Link::Ndis { ndis, cursor } => {
+                let (kind, tree) = to_blocks(&body).ok_or("not a state operation")?;
+                let root = ndis.submit(kind, tree).map_err(|e| e.to_string())?;
+                let done = ndis.wait_completion(root).map_err(|e| e.to_string())?;
+                // Events logged before this completion came before it.
+                let at = ndis
+                    .model
+                    .log
+                    .iter()
+                    .enumerate()
+                    .skip(*cursor)
+                    .find(|(_, c)| {
+                        matches!(c, Callback::OffloadComplete { root: r, .. } if *r == root)
+                    })
+                    .map_or(ndis.model.log.len(), |(i, _)| i);
+                let mut evs = Vec::new();
+                for i in *cursor..at {
+                    if let Some(e) = to_event(&ndis.model.log[i], i as u64, handle_of) {
+                        evs.push(e);
+                    }
+                }
+                *cursor = at + 1;
+                Ok((to_completion(&body, &done.tree), evs))
+            }
+        }
+    }
+
+    /// Events that arrived, waiting up to `wait` for the first one.
+    pub fn events(
+        &mut self,
+        wait: Duration,
+        handle_of: &dyn Fn(u64) -> Option<u64>,
+    ) -> Result<Vec<Event>, String> {
+        match self {
+            Link::Ring(s) => {
+                let p = s.platform_arc();
+                s.channel.poll(&*p).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                while let Some(e) = s.channel.next_event() {
+                    out.push(e);
+                }
+                if out.is_empty() && !wait.is_zero() {
+                    if let Ok(e) = s.channel.wait_event(&*p, wait) {
+                        out.push(e);
+                    }
+                }
+                Ok(out)
+            }
+            Link::Ndis { ndis, cursor } => {
+                let until = Instant::now() + wait;
+                loop {
+                    let _ = ndis
+                        .adapter
+                        .poll_device(&mut ndis.model, Duration::from_millis(1))
+                        .map_err(|e| format!("miniport DPC: {e}"))?;
+                    let mut out = Vec::new();
+                    while *cursor < ndis.model.log.len() {
+                        if let Some(e) =
+                            to_event(&ndis.model.log[*cursor], *cursor as u64, handle_of)
+                        {
+                            out.push(e);
+                        }
+                        *cursor += 1;
+                    }
+                    if !out.is_empty() || Instant::now() >= until {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ring session (raw requests); `None` through the NDIS model.
+    pub fn ring(&mut self) -> Option<&mut ControlSession> {
+        match self {
+            Link::Ring(s) => Some(s),
+            Link::Ndis { .. } => None,
+        }
+    }
+}
