@@ -244,10 +244,13 @@ fn cite(items: &[ItemId]) -> String {
 }
 
 impl World<'_> {
+    /// The live object of that name, else the most recent one (a terminated object's name
+    /// still names it, e.g. for a stale-handle check).
     fn find(&self, name: &str) -> Result<usize, String> {
         self.objs
             .iter()
-            .position(|o| o.name == name)
+            .rposition(|o| o.name == name && o.live)
+            .or_else(|| self.objs.iter().rposition(|o| o.name == name))
             .ok_or_else(|| format!("no object named `{name}` was offloaded by an earlier step"))
     }
 
@@ -322,11 +325,12 @@ impl World<'_> {
                         && self.objs[*i].layer() == Layer::Tcp
                         && self.is_ancestor(a, *i)
                 }));
-            } else {
+            } else if pat.contains(['*', '?']) {
                 out.extend((0..self.objs.len()).filter(|i| {
-                    super::format::glob_match(pat, &self.objs[*i].name)
-                        && (self.objs[*i].live || !pat.contains(['*', '?']))
+                    self.objs[*i].live && super::format::glob_match(pat, &self.objs[*i].name)
                 }));
+            } else {
+                out.push(self.find(pat)?);
             }
             if out.len() == before && pat != "all" && !pat.starts_with("dependents:") {
                 return Err(format!("`{pat}` selects no object"));
