@@ -9,11 +9,13 @@ use std::sync::Mutex;
 struct Registry {
     netns: BTreeSet<String>,
     pids: BTreeSet<u32>,
+    files: BTreeSet<std::path::PathBuf>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     netns: BTreeSet::new(),
     pids: BTreeSet::new(),
+    files: BTreeSet::new(),
 });
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
@@ -21,9 +23,13 @@ fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(&mut g)
 }
 
-/// Remember a namespace and a device process until [`Tracked`] is dropped.
-pub fn track(netns: Option<String>, pid: Option<u32>) -> Tracked {
+/// Remember a namespace, a device process and its socket file until [`Tracked`] is
+/// dropped.
+pub fn track(netns: Option<String>, pid: Option<u32>, file: Option<std::path::PathBuf>) -> Tracked {
     with(|r| {
+        if let Some(f) = &file {
+            r.files.insert(f.clone());
+        }
         if let Some(n) = &netns {
             r.netns.insert(n.clone());
         }
@@ -31,7 +37,7 @@ pub fn track(netns: Option<String>, pid: Option<u32>) -> Tracked {
             r.pids.insert(p);
         }
     });
-    Tracked { netns, pid }
+    Tracked { netns, pid, file }
 }
 
 /// Unregisters on drop (the owner cleaned up itself).
@@ -39,6 +45,7 @@ pub fn track(netns: Option<String>, pid: Option<u32>) -> Tracked {
 pub struct Tracked {
     netns: Option<String>,
     pid: Option<u32>,
+    file: Option<std::path::PathBuf>,
 }
 
 impl Drop for Tracked {
@@ -50,6 +57,9 @@ impl Drop for Tracked {
             if let Some(p) = self.pid {
                 r.pids.remove(&p);
             }
+            if let Some(f) = &self.file {
+                r.files.remove(f);
+            }
         });
     }
 }
@@ -57,7 +67,13 @@ impl Drop for Tracked {
 /// Kill every tracked device process and delete every tracked namespace. Returns what was
 /// cleaned, for the message.
 pub fn emergency_cleanup() -> (usize, usize) {
-    let (pids, netns) = with(|r| (std::mem::take(&mut r.pids), std::mem::take(&mut r.netns)));
+    let (pids, netns, files) = with(|r| {
+        (
+            std::mem::take(&mut r.pids),
+            std::mem::take(&mut r.netns),
+            std::mem::take(&mut r.files),
+        )
+    });
     for pid in &pids {
         if let Ok(pid) = i32::try_from(*pid) {
             // SAFETY: kill(2) with a pid we spawned ourselves; no memory is involved.
@@ -70,6 +86,9 @@ pub fn emergency_cleanup() -> (usize, usize) {
         let _ = std::process::Command::new("ip")
             .args(["netns", "delete", n])
             .status();
+    }
+    for f in &files {
+        let _ = std::fs::remove_file(f);
     }
     (pids.len(), netns.len())
 }

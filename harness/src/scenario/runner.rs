@@ -1635,6 +1635,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
                     _tracked = Some(super::cleanup::track(
                         Some(bed.ns.name().to_string()),
                         Some(bed.device.pid()),
+                        Some(bed.device.socket_path().to_path_buf()),
                     ));
                     let TestBed { vmm, ns, .. } = bed_holder.insert(bed);
                     (vmm, Some(&*ns))
