@@ -221,10 +221,12 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
     // Post receive buffers for the peer's answer.
     let mut next_id = 100;
     let post = |ndis: &mut Ndis, id: &mut u64| {
-        let mut nbl = NetBufferList::default();
-        nbl.id = *id;
+        let nbl = NetBufferList {
+            id: *id,
+            net_buffers: vec![NetBuffer::with_capacity(32 << 10)],
+            ..Default::default()
+        };
         *id += 1;
-        nbl.net_buffers.push(NetBuffer::with_capacity(32 << 10));
         assert_eq!(ndis.receive(tcp, vec![nbl]).unwrap(), NdisStatus::PENDING);
     };
     for _ in 0..4 {

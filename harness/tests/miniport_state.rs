@@ -461,9 +461,11 @@ fn misbehaving_host_calls_get_the_documented_statuses_not_a_panic() {
             .unwrap(),
         NdisStatus::PENDING
     );
-    let mut post = NetBufferList::default();
-    post.id = 2;
-    post.net_buffers.push(NetBuffer::with_capacity(4096));
+    let post = NetBufferList {
+        id: 2,
+        net_buffers: vec![NetBuffer::with_capacity(4096)],
+        ..Default::default()
+    };
     assert_eq!(
         ndis.receive(0xBAD0_0001, vec![post]).unwrap(),
         NdisStatus::PENDING
