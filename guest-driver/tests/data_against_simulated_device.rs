@@ -22,6 +22,7 @@ fn device_queue(p: &TestPlatform, vq: &Virtqueue) -> Queue {
     q.set_avail_ring_address(Some(a.avail_ring as u32), Some((a.avail_ring >> 32) as u32));
     q.set_used_ring_address(Some(a.used_ring as u32), Some((a.used_ring >> 32) as u32));
     q.set_ready(true);
+    assert!(q.is_valid(&p.mem));
     q
 }
 
