@@ -72,12 +72,13 @@ pub fn parse_tcp(t: Duration, frame: &[u8]) -> Option<Segment> {
     })
 }
 
-/// Read every TCP segment of a pcap file, times relative to the first packet.
-pub fn read_segments(pcap: &Path) -> Result<Vec<Segment>, String> {
+/// Read every TCP segment of a pcap file, times relative to the first packet (whose
+/// absolute timestamp is returned too).
+pub fn read_segments(pcap: &Path) -> Result<(Vec<Segment>, Duration), String> {
     let file = std::fs::File::open(pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
     // A device that saw no frame may not have written even the header.
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Duration::ZERO));
     }
     let mut reader = pcap_file::pcap::PcapReader::new(file)
         .map_err(|e| format!("{}: not a pcap file: {e}", pcap.display()))?;
@@ -90,7 +91,7 @@ pub fn read_segments(pcap: &Path) -> Result<Vec<Segment>, String> {
             out.push(s);
         }
     }
-    Ok(out)
+    Ok((out, first.unwrap_or_default()))
 }
 
 type Key = ((IpAddr, u16), (IpAddr, u16));
@@ -110,7 +111,13 @@ pub fn plot_pcap(
     scenario: &str,
     marks: &[(Duration, String)],
 ) -> Result<Vec<PathBuf>, String> {
-    let segs = read_segments(pcap)?;
+    let (segs, t0) = read_segments(pcap)?;
+    // Marks are wall-clock times; the plot's x axis starts at the first packet.
+    let marks: Vec<(Duration, String)> = marks
+        .iter()
+        .filter(|(t, _)| *t >= t0)
+        .map(|(t, l)| (t.saturating_sub(t0), l.clone()))
+        .collect();
     let mut conns: BTreeMap<Key, Vec<Segment>> = BTreeMap::new();
     for s in segs {
         conns.entry(conn_key(&s)).or_default().push(s);
@@ -118,7 +125,7 @@ pub fn plot_pcap(
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for (n, (key, segs)) in conns.iter().enumerate() {
-        let svg = render(key, segs, marks);
+        let svg = render(key, segs, &marks);
         let path = dir.join(format!("{scenario}-conn{n}.svg"));
         std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
         files.push(path);

@@ -105,7 +105,8 @@ pub struct ScenarioReport {
     pub duration: Duration,
     pub pcap: Option<PathBuf>,
     pub plots: Vec<PathBuf>,
-    /// Moments (since start) of offload / terminate completions, for the plots.
+    /// Moments (wall clock, since the Unix epoch, like pcap timestamps) of offload /
+    /// terminate completions, for the plots.
     pub marks: Vec<(Duration, String)>,
     /// The command that replays this scenario.
     pub replay: String,
@@ -142,6 +143,13 @@ impl ScenarioReport {
             _ => None,
         })
     }
+}
+
+/// Now as a pcap timestamp would say it.
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Derive a scenario's seed from the master seed and its name (stable across runs).
@@ -228,7 +236,6 @@ struct World<'a> {
     rng: ChaCha8Rng,
     next_context: u64,
     event_timeout: Duration,
-    started: Instant,
     marks: Vec<(Duration, String)>,
 }
 
@@ -627,7 +634,7 @@ fn initiate(
         other => return Err(format!("initiate: unexpected completion {other:?}")),
     };
     w.monitor.initiate(&roles, &deps, c.status, &results);
-    w.marks.push((w.started.elapsed(), "offload".into()));
+    w.marks.push((wall_clock(), "offload".into()));
     // Model index of each block, filled as new objects register (parents come first:
     // trees are emitted parent-before-child).
     let mut model_of: Vec<Option<usize>> = vec![None; tree.blocks.len()];
@@ -1086,7 +1093,7 @@ fn step_terminate(
     };
     w.monitor
         .reference_op(RefOp::Terminate, n, c.status, results);
-    w.marks.push((w.started.elapsed(), "terminate".into()));
+    w.marks.push((wall_clock(), "terminate".into()));
     let mut mismatch = None;
     for (b, r) in results.iter().enumerate() {
         let Some(Some(i)) = refs.get(b) else { continue };
@@ -1697,7 +1704,6 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
         next_context: 0x5000_0000,
         event_timeout: opts.event_timeout,
-        started,
         marks: Vec::new(),
     };
     let mut stop_at = None;
