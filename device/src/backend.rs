@@ -3,6 +3,7 @@
 //! the logic lives in `nic` and `control_ring` (STYLE.md "One backend, thin glue").
 
 use crate::control_ring::ControlRing;
+use crate::data_plane::{notify_token, serve_ring_event, timer_token, DataPlane};
 use crate::features::{offered_protocol_features, NegotiatedNet, OFFERED_FEATURES};
 use crate::nic::Nic;
 use std::io;
@@ -35,6 +36,9 @@ struct Inner {
     mem: Mutex<Option<GuestMem>>,
     nic: Mutex<Nic>,
     control: Mutex<ControlRing>,
+    /// Data pairs and offloaded connections' engines (queue pairs ≥ 3), shared with the
+    /// control ring and the NIC's logical switch.
+    data_plane: Option<Arc<DataPlane>>,
     event_idx: AtomicBool,
     /// Written when the connection ends: the worker threads see it and stop (see
     /// `handle_event`). Ours, so it is closed with the backend; the crate's `exit_event`
@@ -55,6 +59,7 @@ impl NetBackend {
         nic: Nic,
         control: ControlRing,
     ) -> io::Result<NetBackend> {
+        let data_plane = control.data_plane();
         Ok(NetBackend {
             inner: Arc::new(Inner {
                 num_queues: 2 * usize::from(queue_pairs.max(1)),
@@ -63,6 +68,7 @@ impl NetBackend {
                 mem: Mutex::new(None),
                 nic: Mutex::new(nic),
                 control: Mutex::new(control),
+                data_plane,
                 event_idx: AtomicBool::new(false),
                 stop: EventFd::new(EFD_NONBLOCK)?,
             }),
@@ -85,6 +91,20 @@ impl NetBackend {
         for h in handlers {
             h.register_listener(self.stop_fd(), EventSet::IN, self.stop_token())?;
         }
+        Ok(())
+    }
+
+    /// Register the data plane's notify eventfd and timerfd in the ring thread's epoll.
+    pub fn register_data_plane(
+        &self,
+        handlers: &[Arc<VringEpollHandler<NetBackend>>],
+    ) -> io::Result<()> {
+        let (Some(dp), Some(h)) = (&self.inner.data_plane, handlers.get(RING_THREAD)) else {
+            return Ok(());
+        };
+        let n = self.inner.num_queues;
+        h.register_listener(dp.notify_fd(), EventSet::IN, notify_token(n))?;
+        h.register_listener(dp.timer_fd(), EventSet::IN, timer_token(n))?;
         Ok(())
     }
 
@@ -120,6 +140,8 @@ impl NetBackend {
                 if used {
                     signal(rx, "rx 0");
                 }
+            } else if self.inner.data_plane.is_some() {
+                nic.drain_to_switch();
             }
         } else if event == 1 && ring_live(tx) {
             let used = nic.process_tx(&*mem, tx.get_mut().get_queue_mut());
@@ -132,23 +154,38 @@ impl NetBackend {
     /// Pair 1 (queues 2, 3) = events 0, 1 of the ring thread; data pairs (events 2..) are
     /// accepted and left alone for now.
     fn handle_rings(&self, event: u16, vrings: &[VringRwLock]) {
-        if event > 1 {
+        let Some(atomic) = self.memory() else {
             return;
+        };
+        let mem = atomic.memory();
+        if event <= 1 {
+            self.serve_control(&mem, vrings);
         }
+        // Data pairs, data-plane wakeups (notify/timer tokens), and after control work the
+        // data path's events onto control rx.
+        if let Some(dp) = &self.inner.data_plane {
+            serve_ring_event(
+                dp,
+                &self.inner.control,
+                &*mem,
+                event,
+                vrings,
+                self.inner.num_queues,
+            );
+        }
+    }
+
+    fn serve_control(&self, mem: &GuestMemoryMmap, vrings: &[VringRwLock]) {
         let (Some(rx), Some(tx)) = (vrings.first(), vrings.get(1)) else {
             return;
         };
         if !ring_live(rx) || !ring_live(tx) {
             return;
         }
-        let Some(atomic) = self.memory() else {
-            return;
-        };
-        let mem = atomic.memory();
         let activity = {
             let mut txg = tx.get_mut();
             let mut rxg = rx.get_mut();
-            lock(&self.inner.control).process(&*mem, txg.get_queue_mut(), rxg.get_queue_mut())
+            lock(&self.inner.control).process(mem, txg.get_queue_mut(), rxg.get_queue_mut())
         };
         if activity.tx_used {
             signal(tx, "control tx 3");

@@ -5,6 +5,7 @@
 
 use crate::backend::{NetBackend, NIC_THREAD};
 use crate::control_ring::ControlRing;
+use crate::data_plane::DataPlane;
 use crate::nic::{Nic, NicStats};
 use crate::relay::Relay;
 use crate::state_manipulation::ObjectLimits;
@@ -125,13 +126,29 @@ impl Device {
 
     /// Serve one frontend connection until it ends.
     pub fn serve_connection(&self, frontend: UnixStream) -> Result<(), DeviceError> {
-        let nic = Nic::new(self.tap.clone(), self.pcap.clone(), self.stats.clone());
+        let mut nic = Nic::new(self.tap.clone(), self.pcap.clone(), self.stats.clone());
+        // Queue pairs beyond the control pair are data pairs (DESIGN.md queue map); with any,
+        // the device runs a data plane: offloaded connections' engines, the logical switch.
+        let control = if self.cfg.queue_pairs >= 3 {
+            let dp = DataPlane::new(
+                self.cfg.mac,
+                self.cfg.queue_pairs - 2,
+                self.tap.clone(),
+                self.pcap.clone(),
+            )
+            .map_err(|e| DeviceError::io("create data plane", e))?;
+            let dp = Arc::new(dp);
+            nic.set_switch(Some(dp.clone()));
+            ControlRing::with_data_plane(self.cfg.limits, dp)
+        } else {
+            ControlRing::new(self.cfg.limits)
+        };
         let backend = NetBackend::new(
             self.cfg.queue_pairs,
             self.cfg.max_queue_size,
             self.cfg.mac,
             nic,
-            ControlRing::new(self.cfg.limits),
+            control,
         )
         .map_err(|e| DeviceError::io("create stop eventfd", e))?;
         let tap_token = backend.tap_token();
@@ -149,6 +166,9 @@ impl Device {
         backend
             .register_stop(&handlers)
             .map_err(|e| DeviceError::io("register stop eventfd", e))?;
+        backend
+            .register_data_plane(&handlers)
+            .map_err(|e| DeviceError::io("register data plane fds", e))?;
         if let (Some(tap), Some(h)) = (&self.tap, handlers.get(NIC_THREAD)) {
             // Edge-triggered: when the guest has no rx buffers we stop reading and resume
             // on its rx kick, instead of spinning on a readable fd.

@@ -281,6 +281,50 @@ impl Nic {
         used
     }
 
+    /// The guest's rx queue is not live (not set up or disabled) but a data plane exists:
+    /// read the TAP anyway so frames of offloaded connections reach their engines; other
+    /// frames are dropped and counted (a NIC without rx buffers drops too).
+    pub fn drain_to_switch(&mut self) {
+        let (Some(tap), Some(sw)) = (self.tap.clone(), self.switch.clone()) else {
+            return;
+        };
+        if let Some(n) = self.rx_pending.take() {
+            if !sw.switch_frame(&self.rx_buf[..n]) {
+                count(
+                    &self.stats.rx_dropped_no_buffer,
+                    "rx dropped",
+                    &"rx queue not live",
+                );
+            }
+        }
+        loop {
+            let n = match tap.read_raw(&mut self.rx_buf[..MAX_FRAME_WITH_HDR]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rx: TAP read");
+                    break;
+                }
+            };
+            if n < VNET_HDR_LEN {
+                continue;
+            }
+            if sw.switch_frame(&self.rx_buf[..n]) {
+                if let Some(p) = &self.pcap {
+                    if let Err(e) = p.record(&self.rx_buf[VNET_HDR_LEN..n]) {
+                        tracing::warn!(error = %e, "pcap");
+                    }
+                }
+            } else {
+                count(
+                    &self.stats.rx_dropped_no_buffer,
+                    "rx dropped",
+                    &"rx queue not live",
+                );
+            }
+        }
+    }
+
     /// Write the frame in `rx_buf[..n]` (12-byte TAP header first) into one or more rx chains.
     fn deliver<M: GuestMemory>(&mut self, mem: &M, q: &mut Queue, n: usize) -> Deliver {
         // The guest's view of the frame: header of hdr_len bytes, then the Ethernet frame.

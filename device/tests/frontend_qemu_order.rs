@@ -19,13 +19,21 @@ struct Rig {
 }
 
 fn rig(tag: &str) -> Rig {
+    rig_with_pairs(tag, 2)
+}
+
+fn rig_with_pairs(tag: &str, queue_pairs: u16) -> Rig {
     let topo = Topology::new(&TopologyConfig {
         ns_prefix: format!("chimney-dev-{tag}"),
         ..TopologyConfig::default()
     })
     .expect("netns + TAP topology");
     let tap = topo.tap.try_clone().expect("dup TAP");
-    let device = Device::new(DeviceConfig::default(), Some(tap), None)
+    let cfg = DeviceConfig {
+        queue_pairs,
+        ..DeviceConfig::default()
+    };
+    let device = Device::new(cfg, Some(tap), None)
         .expect("device")
         .spawn(&socket_path(tag))
         .expect("spawn device");
@@ -371,4 +379,35 @@ fn frame_larger_than_rx_buffer_spans_mergeable_buffers_byte_exact() {
         "num_buffers for a 1054-byte frame in 256-byte buffers"
     );
     assert_eq!(&frame[42..], &data[..], "reassembled datagram bytes");
+}
+
+/// With data pairs (queue pairs ≥ 3) the device runs a data plane and every TAP frame passes
+/// the logical switch first; frames of non-offloaded traffic still reach the guest on pair 0,
+/// and the unused data queues stay quiet.
+#[test]
+fn nic_works_with_data_plane_present_three_queue_pairs() {
+    let rig = rig_with_pairs("dp", 3);
+    rig.topo
+        .ns
+        .ip(&[
+            "neigh",
+            "add",
+            "192.0.2.2",
+            "lladdr",
+            "52:54:00:12:34:56",
+            "dev",
+            "tap0",
+            "nud",
+            "permanent",
+        ])
+        .expect("static neighbor for the guest");
+    let mut fe = Frontend::connect(rig.device.socket_path(), 6);
+    set_up(&mut fe);
+    let mut rx = RxBuffers::new();
+    rx.post(&mut fe, 8);
+    arp_peer(&mut fe, &mut rx);
+    let data = pattern(21, 700);
+    peer_send_udp(&rig.topo, 6670, data.clone());
+    let (_, f) = rx.wait_frame(&mut fe, "UDP with data plane present", udp_payload_to(6670));
+    assert_eq!(&f[42..], &data[..], "datagram bytes");
 }
