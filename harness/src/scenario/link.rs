@@ -31,6 +31,27 @@ pub enum Link<'a> {
     },
 }
 
+/// The handler-level rule of each operation: record the tree, return, complete later
+/// through NDIS with the same root.
+pub fn async_item(kind: OpKind) -> u16 {
+    match kind {
+        OpKind::Initiate => 33,
+        OpKind::Query => 75,
+        OpKind::Update => 82,
+        OpKind::Invalidate => 97,
+        OpKind::Terminate => 108,
+    }
+}
+
+/// What a call through the link produced.
+pub struct Called {
+    pub completion: Completion,
+    /// Events that came before the completion.
+    pub events: Vec<Event>,
+    /// NDIS only: the handler completed the tree before returning (`async_item` broken).
+    pub synchronous: Option<OpKind>,
+}
+
 fn block<B>(b: &chimney_abi::Block<B>) -> BlockList {
     let mut bl = BlockList::new(b.state_type);
     bl.next_block = b.next.map(|n| n as usize);
@@ -308,16 +329,22 @@ impl Link<'_> {
         &mut self,
         body: RequestBody,
         handle_of: &dyn Fn(u64) -> Option<u64>,
-    ) -> Result<(Completion, Vec<Event>), String> {
+    ) -> Result<Called, String> {
         match self {
             Link::Ring(s) => {
                 let c = s.call(body).map_err(|e| e.to_string())?;
                 let evs = self.events(Duration::ZERO, handle_of)?;
-                Ok((c, evs))
+                Ok(Called {
+                    completion: c,
+                    events: evs,
+                    synchronous: None,
+                })
             }
             Link::Ndis { ndis, cursor } => {
                 let (kind, tree) = to_blocks(&body).ok_or("not a state operation")?;
                 let root = ndis.submit(kind, tree).map_err(|e| e.to_string())?;
+                // The handler returned: it must not have completed the tree already.
+                let synchronous = ndis.is_completed(root).then_some(kind);
                 let done = ndis.wait_completion(root).map_err(|e| e.to_string())?;
                 // Events logged before this completion came before it.
                 let at = ndis
@@ -337,7 +364,11 @@ impl Link<'_> {
                     }
                 }
                 *cursor = at + 1;
-                Ok((to_completion(&body, &done.tree), evs))
+                Ok(Called {
+                    completion: to_completion(&body, &done.tree),
+                    events: evs,
+                    synchronous,
+                })
             }
         }
     }

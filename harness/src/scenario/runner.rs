@@ -188,6 +188,15 @@ fn unsupported_reason(step: &Step) -> Option<String> {
     Some(format!("unsupported by this device build: {why}"))
 }
 
+/// Why a scenario cannot run to the end with this harness/device build, judged from the
+/// file alone (a `[device] policy`, or a step that needs the data path), or None.
+pub fn pending_reason(sc: &Scenario) -> Option<String> {
+    if sc.device.policy.is_some() {
+        return Some("[device] policy needs `chimney-device --policy` (issue 4)".into());
+    }
+    sc.steps.iter().find_map(unsupported_reason)
+}
+
 /// One object the harness offloaded.
 #[derive(Debug, Clone)]
 struct Obj {
@@ -299,13 +308,22 @@ impl World<'_> {
                 .find(|o| o.host_context == ctx)
                 .map(|o| o.handle.0)
         };
-        let (c, evs) = self
+        let called = self
             .link
             .call(body, &handle_of)
             .map_err(|e| format!("{what}: {e}"))?;
+        if let Some(kind) = called.synchronous {
+            self.monitor.violate(
+                super::link::async_item(kind),
+                format!(
+                    "the {kind:?} handler completed the tree before returning (it must only \
+                     record it; completion comes later through NDIS)"
+                ),
+            );
+        }
         // Events that came before the completion are judged before it takes effect.
-        self.take_events(evs);
-        Ok(c)
+        self.take_events(called.events);
+        Ok(called.completion)
     }
 
     fn is_ancestor(&self, anc: usize, mut i: usize) -> bool {
