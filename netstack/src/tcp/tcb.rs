@@ -1139,7 +1139,7 @@ impl Tcb {
         if self.send_rst {
             self.send_rst = false;
             return Some(OutSegment {
-                seq: self.snd_nxt,
+                seq: self.snd_max,
                 rst: true,
                 ack: Some(self.rcv_nxt),
                 ..OutSegment::default()
@@ -1163,7 +1163,10 @@ impl Tcb {
             return Some(s);
         }
         if self.ack_now {
-            let s = self.base_segment(now, self.snd_nxt);
+            // Pure ACKs carry SND.MAX, not SND.NXT: after a timeout SND.NXT steps back, and an
+            // ACK with an old sequence number is unacceptable to the peer, which would then
+            // ignore its acknowledgment (two engines in go-back-N once deadlocked this way).
+            let s = self.base_segment(now, self.snd_max);
             self.after_ack_sent();
             return Some(s);
         }
@@ -1406,7 +1409,7 @@ impl Tcb {
         if !(self.ack_now || self.delack_deadline.is_some()) || !self.is_synchronized() {
             return None;
         }
-        let s = self.base_segment(now, self.snd_nxt);
+        let s = self.base_segment(now, self.snd_max);
         self.after_ack_sent();
         Some(s)
     }
