@@ -119,3 +119,35 @@ fn net_buffer_data_window_spans_mdls_and_advances() {
     nb.advance_data_start(100);
     assert_eq!((nb.data_length, nb.data()), (0, Vec::new()));
 }
+
+#[test]
+fn state_structures_after_a_block_decode_with_the_abi_decoders() {
+    use chimney_abi::{NeighborCached, NeighborConst, NeighborDelegated, QueriedState};
+    use chimney_miniport::ndis::blocklist::decode_state;
+    let mut dst = [0u8; 32];
+    dst[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    let q = QueriedState::Neighbor {
+        konst: Some(NeighborConst {
+            dl_source_address: [0; 32],
+            vlan_id: 7,
+        }),
+        cached: Some(NeighborCached {
+            dl_destination_address: dst,
+            host_reachability_delta: 1234,
+        }),
+        delegated: Some(NeighborDelegated {
+            nic_reachability_delta: 99,
+        }),
+    };
+    let mut bytes = Vec::new();
+    q.emit(&mut bytes);
+    assert_eq!(decode_state(OffloadStateType::Neighbor, &bytes), Some(q));
+    // One byte short, or a Length field that lies: refused, not misread.
+    assert_eq!(
+        decode_state(OffloadStateType::Neighbor, &bytes[..bytes.len() - 1]),
+        None
+    );
+    let mut lying = bytes.clone();
+    lying[0] = 0x30;
+    assert_eq!(decode_state(OffloadStateType::Neighbor, &lying), None);
+}

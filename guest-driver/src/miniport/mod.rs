@@ -1302,6 +1302,11 @@ where
                     let mut b = BlockList::new(OffloadStateType::Neighbor);
                     b.ndis_offload_handle = c.ndis_offload_handle;
                     b.status = NdisStatus::SUCCESS;
+                    // CONST, CACHED (current HRD), DELEGATED (current NRD) from the payload.
+                    b.state = crate::ndis::blocklist::decode_state(
+                        OffloadStateType::Neighbor,
+                        &e.payload,
+                    );
                     let root = BlockListRef::new(BlockTree {
                         blocks: alloc::vec![b],
                     });

@@ -16,7 +16,7 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, Ref, RefCell, RefMut};
 
-use chimney_abi::{NdisStatus, OffloadStateType, QueriedState};
+use chimney_abi::{NdisStatus, OffloadStateType, QueriedState, RxRecord};
 
 use super::nbl::NetBufferList;
 use super::{NdisHandle, NdisObjectHeader};
@@ -219,5 +219,33 @@ impl BlockListRef {
     /// completion, 1 proves the miniport kept no copy of the pointer.
     pub fn references(&self) -> usize {
         Rc::strong_count(&self.0)
+    }
+}
+
+/// Decode the state structures a Type names (the bytes that follow a block, x64 layout =
+/// ring layout, docs/ring-abi.md §8) with chimney-abi's validating decoders: they are
+/// wrapped in a one-block QUERY completion record. `None` if they do not decode.
+pub fn decode_state(ty: OffloadStateType, bytes: &[u8]) -> Option<QueriedState> {
+    let len = 32 + 16 + bytes.len();
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&chimney_abi::completion::KIND_COMPLETION.to_le_bytes());
+    r.extend_from_slice(&(chimney_abi::Opcode::Query as u16).to_le_bytes());
+    r.extend_from_slice(&u32::try_from(len).ok()?.to_le_bytes());
+    r.extend_from_slice(&0u64.to_le_bytes()); // request id
+    r.extend_from_slice(&0u16.to_le_bytes()); // tx_head
+    r.extend_from_slice(&0u16.to_le_bytes()); // flags
+    r.extend_from_slice(&0u32.to_le_bytes()); // status
+    r.extend_from_slice(&1u32.to_le_bytes()); // count
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&[ty as u8, chimney_abi::tree::FLAG_STATE_FOLLOWS, 0, 0]);
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&0u64.to_le_bytes());
+    r.extend_from_slice(bytes);
+    match RxRecord::decode(&r).ok()? {
+        RxRecord::Completion(chimney_abi::Completion {
+            body: chimney_abi::CompletionBody::Query(mut v),
+            ..
+        }) => v.pop()?.state,
+        _ => None,
     }
 }

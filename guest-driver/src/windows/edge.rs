@@ -16,7 +16,9 @@
 use alloc::vec::Vec;
 use core::ptr;
 
-use chimney_abi::{NdisStatus, OffloadStateType, QueriedState, RxRecord, StateClass};
+use chimney_abi::{NdisStatus, OffloadStateType, QueriedState, StateClass};
+
+use crate::ndis::blocklist::decode_state;
 
 use super::ffi::*;
 use crate::miniport::OpKind;
@@ -51,33 +53,6 @@ fn state_follows(kind: OpKind, b: &BlockList) -> bool {
         OpKind::Update => class == Some(StateClass::Cached),
         OpKind::Terminate => class == Some(StateClass::Delegated),
         OpKind::Query | OpKind::Invalidate => false,
-    }
-}
-
-/// Decode the structures a Type names from their bytes, through chimney-abi: a one-block
-/// QUERY completion record carrying them.
-pub fn decode_state(ty: OffloadStateType, bytes: &[u8]) -> Option<QueriedState> {
-    let len = 32 + 16 + bytes.len();
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&1u16.to_le_bytes()); // kind: completion
-    r.extend_from_slice(&(chimney_abi::Opcode::Query as u16).to_le_bytes());
-    r.extend_from_slice(&u32::try_from(len).ok()?.to_le_bytes());
-    r.extend_from_slice(&0u64.to_le_bytes());
-    r.extend_from_slice(&0u16.to_le_bytes()); // tx_head
-    r.extend_from_slice(&0u16.to_le_bytes()); // flags
-    r.extend_from_slice(&0u32.to_le_bytes()); // status
-    r.extend_from_slice(&1u32.to_le_bytes()); // count
-    r.extend_from_slice(&0u32.to_le_bytes());
-    r.extend_from_slice(&[ty as u8, chimney_abi::tree::FLAG_STATE_FOLLOWS, 0, 0]);
-    r.extend_from_slice(&0u32.to_le_bytes());
-    r.extend_from_slice(&0u64.to_le_bytes());
-    r.extend_from_slice(bytes);
-    match RxRecord::decode(&r).ok()? {
-        RxRecord::Completion(chimney_abi::Completion {
-            body: chimney_abi::CompletionBody::Query(mut v),
-            ..
-        }) => v.pop()?.state,
-        _ => None,
     }
 }
 
