@@ -42,6 +42,8 @@ struct HostConn {
 
 pub struct HostStack {
     engine: Engine,
+    /// Connections handed to the offload target (exported), waiting to come back.
+    parked: HashMap<String, HostConn>,
     nic: NicQueues,
     platform: Arc<VmmPlatform>,
     t0: std::time::Instant,
@@ -74,6 +76,7 @@ impl HostStack {
             platform,
             t0: std::time::Instant::now(),
             conns: HashMap::new(),
+            parked: HashMap::new(),
             events: Vec::new(),
             seed,
         })
@@ -85,6 +88,55 @@ impl HostStack {
 
     pub fn has(&self, name: &str) -> bool {
         self.conns.contains_key(name)
+    }
+
+    /// Is `name` offloaded (exported and not yet imported back)?
+    pub fn is_parked(&self, name: &str) -> bool {
+        self.parked.contains_key(name)
+    }
+
+    /// Take `name` out of the host stack for offload (C-070: it is synchronized; C-072:
+    /// owed ACKs go out first): wait until everything sent is acknowledged, export, flush.
+    pub fn export(&mut self, name: &str) -> Result<chimney_netstack::ConnectionExport, String> {
+        let h = self
+            .conns
+            .get(name)
+            .map(|c| c.h)
+            .ok_or_else(|| format!("no host-stack connection `{name}` (open it first)"))?;
+        self.pump(
+            &format!("`{name}`: wait until all sent data is acknowledged"),
+            |e, _| e.tcb(h).is_ok_and(|t| t.snd_una == t.snd_max),
+        )?;
+        let now = self.now();
+        let st = self
+            .engine
+            .export(now, h)
+            .map_err(|e| format!("export `{name}`: {e}"))?;
+        // One round: the owed ACK export queued goes out now.
+        self.pump("flush after export", |_, _| true)?;
+        if let Some(c) = self.conns.remove(name) {
+            self.parked.insert(name.to_string(), c);
+        }
+        Ok(st)
+    }
+
+    /// Continue `name` in the host stack from the state the offload target returned.
+    pub fn import(
+        &mut self,
+        name: &str,
+        st: &chimney_netstack::ConnectionExport,
+    ) -> Result<(), String> {
+        let mut c = self
+            .parked
+            .remove(name)
+            .ok_or_else(|| format!("`{name}` is not offloaded"))?;
+        let now = self.now();
+        c.h = self
+            .engine
+            .import(now, st)
+            .map_err(|e| format!("import `{name}` into the host stack: {e}"))?;
+        self.conns.insert(name.to_string(), c);
+        Ok(())
     }
 
     /// Drive the engine and the NIC until `done` or the limit.

@@ -169,10 +169,6 @@ const DATA_RINGS: &str = "unsupported by this device build: on an offloaded conn
 /// The step kinds that need the data path (issue 4) or the host-stack driver for it.
 fn unsupported_reason(step: &Step) -> Option<String> {
     let why = match step {
-        Step::OffloadConnection { .. } => {
-            "needs host-stack connections handed to the offload target with their data \
-             (issue 4's data path); this harness build does not offload them yet"
-        }
         Step::Receive { .. } => {
             "needs the data I/O rings (queue pairs 2.., issue 4), which this device/harness \
              build does not have"
@@ -194,7 +190,31 @@ pub fn pending_reason(sc: &Scenario) -> Option<String> {
     if sc.device.policy.is_some() {
         return Some("[device] policy needs `chimney-device --policy` (issue 4)".into());
     }
-    sc.steps.iter().find_map(unsupported_reason)
+    // Data on a connection while it is offloaded needs the data rings.
+    let mut offloaded = std::collections::HashSet::new();
+    for step in &sc.steps {
+        if let Some(r) = unsupported_reason(step) {
+            return Some(r);
+        }
+        match step {
+            Step::OffloadConnection { conn, .. } => {
+                offloaded.insert(conn.clone());
+            }
+            Step::Terminate { objects, .. } => {
+                if objects.0.iter().any(|o| o == "all") {
+                    offloaded.clear();
+                }
+                for o in &objects.0 {
+                    offloaded.remove(o);
+                }
+            }
+            Step::Send { conn, .. } | Step::Disconnect { conn, .. } if offloaded.contains(conn) => {
+                return Some(DATA_RINGS.into());
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// One object the harness offloaded.
@@ -236,6 +256,8 @@ struct World<'a> {
     vmm: &'a mut Vmm,
     ns: Option<&'a chimney_wire::NetNs>,
     host: Option<super::host::HostStack>,
+    /// TCP objects that are host-stack connections handed over by `offload_connection`.
+    host_offloaded: std::collections::HashSet<String>,
     queue_size: u16,
     seed: u64,
     objs: Vec<Obj>,
@@ -1113,6 +1135,7 @@ fn step_terminate(
         .reference_op(RefOp::Terminate, n, c.status, results);
     w.marks.push((wall_clock(), "terminate".into()));
     let mut mismatch = None;
+    let mut host_back = Vec::new();
     for (b, r) in results.iter().enumerate() {
         let Some(Some(i)) = refs.get(b) else { continue };
         let ok = r.status == NdisStatus::SUCCESS;
@@ -1124,7 +1147,19 @@ fn step_terminate(
                 ObjectState::Path(s) => chimney_abi::DelegatedState::Path(s.delegated),
                 ObjectState::Tcp(s) => chimney_abi::DelegatedState::Tcp(s.delegated),
             };
-            if compare && return_delegated && r.state != Some(expected) && mismatch.is_none() {
+            if let (true, Some(chimney_abi::DelegatedState::Tcp(d))) =
+                (w.host_offloaded.contains(&w.objs[*i].name), &r.state)
+            {
+                host_back.push((*i, *d));
+            }
+            // A live connection's delegated state moved on in the device (C-025).
+            let live_conn = w.host_offloaded.contains(&w.objs[*i].name);
+            if compare
+                && !live_conn
+                && return_delegated
+                && r.state != Some(expected)
+                && mismatch.is_none()
+            {
                 mismatch = Some(format!(
                     "terminate of `{}` (block {b}): expected delegated state {expected:?}, seen {:?}{}",
                     w.objs[*i].name,
@@ -1138,6 +1173,7 @@ fn step_terminate(
         }
     }
     check_status("terminate", expect, c.status, items)?;
+    resume_host_connections(w, &host_back)?;
     if let Some(m) = mismatch {
         return Err(m);
     }
@@ -1374,6 +1410,131 @@ fn ring_bytes(w: &mut World<'_>, bytes: &[u8]) -> Result<Completion, String> {
     s.call_bytes(bytes, &[]).map_err(|e| e.to_string())
 }
 
+/// Hand a host-stack connection to the offload target: export it from the engine and
+/// initiate neighbor → path → TCP with its real state.
+fn step_offload_connection(
+    w: &mut World<'_>,
+    conn: &str,
+    expect: Option<StatusName>,
+    items: &[ItemId],
+) -> StepResult {
+    for name in [
+        format!("{conn}.neighbor"),
+        format!("{conn}.path"),
+        conn.to_string(),
+    ] {
+        w.name_free(&name)?;
+    }
+    let host = w
+        .host
+        .as_mut()
+        .ok_or_else(|| format!("no host-stack connection `{conn}` (open it first)"))?;
+    let st = host.export(conn)?;
+    let (mut n, p, t, data) = chimney_device::conversion::from_export(&st);
+    // The device sends with its interface MAC (C-047); it has no configurable MAC, so a
+    // non-zero DlSourceAddress would fail the neighbor (C-046).
+    n.konst.dl_source_address = [0; 32];
+    if !data.send.is_empty() || !data.buffered.is_empty() {
+        host.import(conn, &st)?;
+        return Err(format!(
+            "`{conn}` has {} unacknowledged and {} undelivered bytes: offloading data needs \
+             the data path",
+            data.send.len(),
+            data.buffered.len()
+        ));
+    }
+    let (nctx, pctx, tctx) = (w.fresh_context(), w.fresh_context(), w.fresh_context());
+    let mut nb = block(
+        OffloadStateType::Neighbor,
+        nctx,
+        InitiateBlock::New(ObjectState::Neighbor(n)),
+    );
+    nb.dependent = Some(1);
+    let mut pb = block(
+        p.konst_type(),
+        pctx,
+        InitiateBlock::New(ObjectState::Path(p)),
+    );
+    pb.dependent = Some(2);
+    let tb = block(
+        OffloadStateType::Tcp,
+        tctx,
+        InitiateBlock::New(ObjectState::Tcp(t)),
+    );
+    let names = vec![
+        Some(format!("{conn}.neighbor")),
+        Some(format!("{conn}.path")),
+        Some(conn.to_string()),
+    ];
+    let (overall, statuses) = initiate(
+        w,
+        Tree {
+            blocks: vec![nb, pb, tb],
+        },
+        vec![Role::New; 3],
+        names,
+        vec![None; 3],
+    )?;
+    if statuses.get(2) == Some(&NdisStatus::SUCCESS) {
+        w.host_offloaded.insert(conn.to_string());
+    }
+    check_status("offload_connection", expect, overall, items)?;
+    if expect.is_none() && statuses.iter().any(|s| *s != NdisStatus::SUCCESS) {
+        return Err(format!(
+            "offload_connection: expected SUCCESS in every block, seen {statuses:?}{}",
+            cite(items)
+        ));
+    }
+    Ok(format!(
+        "`{conn}` offloaded at snd_una {} rcv_nxt {}",
+        t.delegated.snd_una, t.delegated.rcv_nxt
+    ))
+}
+
+/// After a terminate: host-stack connections continue in the engine from the delegated
+/// state the offload target returned.
+fn resume_host_connections(
+    w: &mut World<'_>,
+    returned: &[(usize, chimney_abi::TcpDelegated)],
+) -> Result<(), String> {
+    for (i, d) in returned {
+        let name = w.objs[*i].name.clone();
+        if !w.host_offloaded.remove(&name) {
+            continue;
+        }
+        let ObjectState::Tcp(mut t) = w.objs[*i].state else {
+            continue;
+        };
+        t.delegated = *d;
+        let path = w.objs[*i]
+            .parent
+            .ok_or("offloaded connection without a path")?;
+        let nbr = w.objs[path]
+            .parent
+            .ok_or("offloaded path without a neighbor")?;
+        let (ObjectState::Neighbor(n), ObjectState::Path(p)) =
+            (w.objs[nbr].state, w.objs[path].state)
+        else {
+            return Err("offloaded connection's parents are not a neighbor and a path".into());
+        };
+        let export = chimney_device::conversion::to_export(
+            &n,
+            &p,
+            &t,
+            &chimney_abi::TcpData {
+                block: 0,
+                send: Vec::new(),
+                buffered: Vec::new(),
+            },
+        );
+        w.host
+            .as_mut()
+            .ok_or("host stack missing")?
+            .import(&name, &export)?;
+    }
+    Ok(())
+}
+
 fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
     if let Some(why) = unsupported_reason(step) {
         return StepOutcome::Unsupported(why);
@@ -1482,6 +1643,9 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
                 ),
                 None => Err("host stack missing".into()),
             }
+        }
+        Step::OffloadConnection { conn, expect, .. } => {
+            step_offload_connection(w, conn, *expect, &items)
         }
         Step::Send { conn, bytes, .. } => match w.host.as_mut() {
             Some(h) if h.has(conn) => h.send(conn, *bytes),
@@ -1713,6 +1877,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         vmm,
         ns,
         host: None,
+        host_offloaded: Default::default(),
         queue_size: opts.queue_size,
         seed,
         objs: Vec::new(),
