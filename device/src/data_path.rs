@@ -455,6 +455,12 @@ impl DataPath {
         self.records.get_mut(usize::from(pair))
     }
 
+    /// The oldest record waiting for data pair `pair`. The ring takes records one at a time,
+    /// as rx buffers allow, so a terminate can still take back undelivered receive data.
+    pub fn pop_record(&mut self, pair: u16) -> Option<DataRecord> {
+        self.records.get_mut(usize::from(pair))?.pop_front()
+    }
+
     /// Events for the control ring.
     pub fn take_events(&mut self) -> impl Iterator<Item = Event> + '_ {
         self.events.drain(..)
@@ -482,6 +488,28 @@ impl DataPath {
         // Account for what the peer acknowledged so far.
         c.account_acks();
         let out = &mut self.records[usize::from(c.pair)];
+        // Receive data not yet handed to the ring goes back in BufferedData (C-117), oldest
+        // first; the posted buffers it filled complete with UPLOAD_IN_PROGRESS instead.
+        let mut reclaimed = Vec::new();
+        let mut kept = VecDeque::with_capacity(out.len());
+        for r in out.drain(..) {
+            let ours = r.handle == Some(h) && r.status == NdisStatus::SUCCESS;
+            match r.kind {
+                DataRxKind::ReceiveIndicate if ours => reclaimed.extend_from_slice(&r.data),
+                DataRxKind::ReceiveComplete if ours => {
+                    reclaimed.extend_from_slice(&r.data);
+                    kept.push_back(DataRecord {
+                        status: NdisStatus::UPLOAD_IN_PROGRESS,
+                        bytes: 0,
+                        flags: 0,
+                        data: Vec::new(),
+                        ..r
+                    });
+                }
+                _ => kept.push_back(r),
+            }
+        }
+        *out = kept;
         let result = match c.engine.export(now, c.ch) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -494,7 +522,7 @@ impl DataPath {
         }
         // Undelivered received data: what posted buffers hold (not completed), then what the
         // device held back for an indication, then the engine's buffer (in the export).
-        let mut buffered = Vec::new();
+        let mut buffered = reclaimed;
         for p in c.posted.drain(..) {
             buffered.extend_from_slice(&p.data);
             out.push_back(DataRecord {

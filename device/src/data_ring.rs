@@ -67,8 +67,7 @@ impl DataRing {
         loop {
             let before = self.served;
             self.serve_tx(mem, tx, dp, &mut act);
-            self.collect(dp);
-            self.deliver(mem, rx, &mut act);
+            self.pump(mem, rx, dp, &mut act);
             let mut again = false;
             if self.pending_bytes <= MAX_PENDING_BYTES {
                 again |= tx.enable_notification(mem).unwrap_or(false);
@@ -123,13 +122,26 @@ impl DataRing {
         lock(dp).flush(now);
     }
 
-    fn collect(&mut self, dp: &Mutex<DataPath>) {
-        let mut g = lock(dp);
-        if let Some(q) = g.take_records(self.index) {
-            let recs: Vec<DataRecord> = q.drain(..).collect();
-            drop(g);
-            for r in recs {
+    /// Take records from the data path one at a time while rx buffers last: at most the
+    /// record being written sits in the outbox, the rest stay in the data path (where a
+    /// terminate can take receive data back, C-117).
+    fn pump<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        rx: &mut Queue,
+        dp: &Mutex<DataPath>,
+        act: &mut RingActivity,
+    ) {
+        loop {
+            if self.outbox.is_empty() {
+                let Some(r) = lock(dp).pop_record(self.index) else {
+                    break;
+                };
                 self.push(&r);
+            }
+            self.deliver(mem, rx, act);
+            if !self.outbox.is_empty() {
+                break; // out of rx buffers
             }
         }
     }

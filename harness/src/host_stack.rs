@@ -112,7 +112,9 @@ impl HostStack {
             .export(now, conn)
             .map_err(|e| err("export", e))?;
         self.flush_tx(now)?;
-        let (n, p, t, mut data) = conversion::from_export(&export);
+        let (mut n, p, t, mut data) = conversion::from_export(&export);
+        // C-047: no software-configurable source MAC; all zero = the NIC's own.
+        n.konst.dl_source_address = [0; 32];
         let mut b = TreeBuilder::new_object(host_context, ObjectState::Neighbor(n));
         let pb = b.new_dependent(0, host_context + 1, ObjectState::Path(p));
         let tb = b.new_dependent(pb, host_context + 2, ObjectState::Tcp(t));
