@@ -702,3 +702,41 @@ fn pause_and_restart_keep_offloaded_connections_and_halt_drains() {
             if tree.blocks.iter().all(|b| b.status == NdisStatus::SUCCESS)
     )));
 }
+
+#[test]
+fn send_data_handed_down_at_initiate_is_refused_whole_and_its_nbls_left_alone() {
+    // The miniport does not carry initiate-time send data yet (guest-driver README): the
+    // tree fails whole with FAILURE, and C-045: the NBLs keep their status and are never
+    // completed with NdisTcpOffloadSendComplete.
+    let mut bed = bed(&[]);
+    let mut ndis = started(&mut bed);
+    let set = OffloadSet::foundation(seed(), 2, bed.peer_mac("tap0").expect("peer MAC"));
+    let (abi_tree, _) = set.initiate_tree();
+    let mut tree = initiate_blocks(&abi_tree, nh);
+    let t = (0..tree.blocks.len())
+        .find(|&i| tree.blocks[i].state_type() == Some(OffloadStateType::Tcp))
+        .unwrap();
+    let mut nbl = NetBufferList::with_data(9, b"unsent data");
+    nbl.status = NdisStatus(0x1234_5678);
+    tree.blocks[t].net_buffer_list_chain = vec![nbl.clone()];
+    let done = ndis.call(OpKind::Initiate, tree).expect("initiate");
+    assert!(done
+        .tree
+        .blocks
+        .iter()
+        .all(|b| b.status == NdisStatus::FAILURE));
+    assert_eq!(
+        done.tree.blocks[t].net_buffer_list_chain,
+        vec![nbl],
+        "NBLs untouched"
+    );
+    assert!(
+        !ndis
+            .model
+            .log
+            .iter()
+            .any(|c| matches!(c, Callback::SendComplete(_))),
+        "C-045: no send completion for a failed offload"
+    );
+    assert_eq!(ndis.adapter.offloaded(), 0);
+}
