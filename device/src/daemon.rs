@@ -33,6 +33,8 @@ pub struct DeviceConfig {
     pub mac: [u8; 6],
     /// Per-guest object limits (OFFLOAD_*_ENTRIES when exceeded).
     pub limits: ObjectLimits,
+    /// Data plane options (impairment of offloaded traffic, …).
+    pub data_plane: crate::data_plane::DataPlaneOptions,
 }
 
 impl Default for DeviceConfig {
@@ -42,6 +44,7 @@ impl Default for DeviceConfig {
             max_queue_size: 1024,
             mac: [0x52, 0x54, 0x00, 0xc4, 0x1a, 0x01],
             limits: ObjectLimits::default(),
+            data_plane: Default::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Device {
                 self.cfg.queue_pairs - 2,
                 self.tap.clone(),
                 self.pcap.clone(),
+                &self.cfg.data_plane,
             )
             .map_err(|e| DeviceError::io("create data plane", e))?;
             let dp = Arc::new(dp);

@@ -12,6 +12,7 @@
 use crate::control_ring::{RingActivity, SharedDataPath};
 use crate::data_path::{now, DataPath};
 use crate::data_ring::DataRing;
+use chimney_netstack::impair::{ImpairConfig, Impairment};
 use chimney_netstack::{Transmit, TxOffload};
 use chimney_wire::{PcapWriter, Tap, VnetHeader, VNET_HDR_LEN};
 use std::io;
@@ -24,8 +25,66 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+/// Options of the data plane (device command line).
+#[derive(Debug, Clone, Default)]
+pub struct DataPlaneOptions {
+    /// Seeded impairment of offloaded traffic, both directions (engine → TAP and TAP →
+    /// engine); TSO is off then, so loss and reordering hit single segments.
+    pub impair: Option<(ImpairConfig, u64)>,
+}
+
+/// Both directions of the impairment: frames held until due.
+struct Impaired {
+    out: Impairment,
+    inb: Impairment,
+    tap: Option<Arc<Tap>>,
+    pcap: Option<Arc<PcapWriter>>,
+    buf: Vec<u8>,
+}
+
+impl Impaired {
+    /// Write due outgoing frames (plain, full checksums) to the TAP.
+    fn release_out(&mut self, now: chimney_netstack::Instant) {
+        while let Some(f) = self.out.pop(now) {
+            write_tap(
+                &self.tap,
+                &self.pcap,
+                &mut self.buf,
+                &VnetHeader::default(),
+                &f,
+            );
+            self.out.recycle(f);
+        }
+    }
+}
+
+fn write_tap(
+    tap: &Option<Arc<Tap>>,
+    pcap: &Option<Arc<PcapWriter>>,
+    buf: &mut [u8],
+    hdr: &VnetHeader,
+    frame: &[u8],
+) {
+    let Some(tap) = tap else { return };
+    let n = VNET_HDR_LEN + frame.len();
+    if n > buf.len() {
+        return;
+    }
+    buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+    buf[VNET_HDR_LEN..n].copy_from_slice(frame);
+    if let Some(p) = pcap {
+        let _ = p.record(frame);
+    }
+    match tap.write_raw(&buf[..n]) {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("offload tx: TAP queue full, frame dropped"),
+        Err(e) => tracing::debug!(error = %e, "offload tx: TAP write"),
+    }
+}
+
 pub struct DataPlane {
     dp: SharedDataPath,
+    impaired: Option<Arc<Mutex<Impaired>>>,
     rings: Vec<Mutex<DataRing>>,
     notify: EventFd,
     timer: Mutex<TimerFd>,
@@ -70,29 +129,38 @@ impl DataPlane {
         data_pairs: u16,
         tap: Option<Arc<Tap>>,
         pcap: Option<Arc<PcapWriter>>,
+        opts: &DataPlaneOptions,
     ) -> io::Result<DataPlane> {
-        let mut buf = vec![0u8; VNET_HDR_LEN + 65_600];
-        let sink = Box::new(move |t: &Transmit<'_>| {
-            let Some(tap) = &tap else { return };
-            let n = VNET_HDR_LEN + t.frame.len();
-            if n > buf.len() {
-                return;
-            }
-            buf[..VNET_HDR_LEN].copy_from_slice(&vnet_header(t).to_bytes());
-            buf[VNET_HDR_LEN..n].copy_from_slice(t.frame);
-            if let Some(p) = &pcap {
-                let _ = p.record(t.frame);
-            }
-            match tap.write_raw(&buf[..n]) {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!("offload tx: TAP queue full, frame dropped"),
-                Err(e) => tracing::debug!(error = %e, "offload tx: TAP write"),
-            }
+        let impaired = opts.impair.map(|(cfg, seed)| {
+            tracing::info!(
+                seed,
+                ?cfg,
+                "offloaded traffic impaired (seed printed for replay)"
+            );
+            Arc::new(Mutex::new(Impaired {
+                out: Impairment::new(cfg, seed),
+                inb: Impairment::new(cfg, seed.rotate_left(32) ^ 0x5eed),
+                tap: tap.clone(),
+                pcap: pcap.clone(),
+                buf: vec![0u8; VNET_HDR_LEN + 65_600],
+            }))
         });
-        // The kernel cuts TSO super-frames and fills partial checksums (IFF_VNET_HDR).
+        let mut buf = vec![0u8; VNET_HDR_LEN + 65_600];
+        let imp = impaired.clone();
+        let sink: crate::data_path::WireSink = Box::new(move |t: &Transmit<'_>| match &imp {
+            Some(imp) => {
+                let now = now();
+                let mut g = lock(imp);
+                g.out.push(now, t.frame);
+                g.release_out(now);
+            }
+            None => write_tap(&tap, &pcap, &mut buf, &vnet_header(t), t.frame),
+        });
+        // The kernel cuts TSO super-frames and fills partial checksums (IFF_VNET_HDR);
+        // with impairment, plain frames with full checksums.
         let offload = TxOffload {
-            tso: true,
-            checksum: true,
+            tso: impaired.is_none(),
+            checksum: impaired.is_none(),
         };
         let dp = DataPath::new(mac, data_pairs, offload, sink);
         let timer = TimerFd::new()?;
@@ -104,6 +172,7 @@ impl DataPlane {
         }
         Ok(DataPlane {
             dp: Arc::new(Mutex::new(dp)),
+            impaired,
             rings: (0..data_pairs)
                 .map(|i| Mutex::new(DataRing::new(i)))
                 .collect(),
@@ -140,7 +209,20 @@ impl DataPlane {
         };
         // Checksums: DATA_VALID = checked by the kernel; NEEDS_CSUM = local, not computed.
         let checked = with_hdr[0] & (VnetHeader::F_DATA_VALID | VnetHeader::F_NEEDS_CSUM) != 0;
-        dp.handle_frame(now(), h, frame, checked);
+        match &self.impaired {
+            Some(imp) => {
+                let now = now();
+                let mut g = lock(imp);
+                g.inb.push(now, frame);
+                while let Some(f) = g.inb.pop(now) {
+                    if let Some(h) = dp.classify(&f) {
+                        dp.handle_frame(now, h, &f, checked);
+                    }
+                    g.inb.recycle(f);
+                }
+            }
+            None => dp.handle_frame(now(), h, frame, checked),
+        }
         drop(dp);
         let _ = self.notify.write(1);
         true
@@ -155,6 +237,17 @@ impl DataPlane {
         drop(t);
         let now = now();
         let mut dp = lock(&self.dp);
+        if let Some(imp) = &self.impaired {
+            // Held frames that are due: incoming ones to their engines, outgoing to the TAP.
+            let mut g = lock(imp);
+            while let Some(f) = g.inb.pop(now) {
+                if let Some(h) = dp.classify(&f) {
+                    dp.handle_frame(now, h, &f, true);
+                }
+                g.inb.recycle(f);
+            }
+            g.release_out(now);
+        }
         dp.handle_timeout(now);
         dp.flush(now);
         drop(dp);
@@ -179,7 +272,16 @@ impl DataPlane {
 
     /// Arm the timerfd for the earliest engine deadline.
     pub fn rearm_timer(&self) {
-        let next = lock(&self.dp).poll_timeout();
+        let mut next = lock(&self.dp).poll_timeout();
+        if let Some(imp) = &self.impaired {
+            let g = lock(imp);
+            for t in [g.inb.next_release(), g.out.next_release()]
+                .into_iter()
+                .flatten()
+            {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         let mut t = lock(&self.timer);
         let r = match next {
             Some(at) => {
@@ -298,5 +400,74 @@ pub fn serve_ring_event<M: GuestMemory>(
                 signal(crx);
             }
         }
+    }
+}
+
+/// Parse `--impair` (`key=value,…`); errors name the key. Without `seed=` a random seed is
+/// chosen and logged.
+pub fn parse_impair(spec: &str) -> Result<(ImpairConfig, u64), String> {
+    let mut cfg = ImpairConfig::default();
+    let mut seed = None;
+    for item in spec.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected key=value"))?;
+        let prob = |v: &str| -> Result<f64, String> {
+            let p: f64 = v
+                .parse()
+                .map_err(|_| format!("{k}: {v:?} is not a number"))?;
+            if (0.0..=1.0).contains(&p) {
+                Ok(p)
+            } else {
+                Err(format!("{k}: {p} is not a probability in [0, 1]"))
+            }
+        };
+        let ms = |v: &str| -> Result<Duration, String> {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("{k}: {v:?} is not a whole number of ms"))?;
+            if n > 60_000 {
+                return Err(format!("{k}: {n} ms is more than 60 s"));
+            }
+            Ok(Duration::from_millis(n))
+        };
+        match k {
+            "loss" => cfg.loss = prob(v)?,
+            "reorder" => cfg.reorder = prob(v)?,
+            "duplicate" => cfg.duplicate = prob(v)?,
+            "corrupt" => cfg.corrupt = prob(v)?,
+            "reorder-delay-ms" => cfg.reorder_delay = ms(v)?,
+            "delay-ms" => cfg.delay = ms(v)?,
+            "jitter-ms" => cfg.jitter = ms(v)?,
+            "seed" => seed = Some(v.parse().map_err(|_| format!("seed: {v:?} is not a u64"))?),
+            other => return Err(format!("unknown key {other:?}")),
+        }
+    }
+    if cfg.reorder > 0.0 && cfg.reorder_delay.is_zero() {
+        cfg.reorder_delay = Duration::from_millis(2);
+    }
+    let seed = seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id())
+    });
+    Ok((cfg, seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_impair;
+
+    #[test]
+    fn impair_spec_parses_and_errors_name_the_key() {
+        let (c, s) = parse_impair("loss=0.05,reorder=0.05,seed=7").unwrap();
+        assert_eq!((c.loss, c.reorder, s), (0.05, 0.05, 7));
+        assert_eq!(c.reorder_delay.as_millis(), 2);
+        assert!(parse_impair("loss=2").unwrap_err().starts_with("loss:"));
+        assert!(parse_impair("lose=0.1").unwrap_err().contains("\"lose\""));
+        assert!(parse_impair("delay-ms=x")
+            .unwrap_err()
+            .starts_with("delay-ms:"));
     }
 }

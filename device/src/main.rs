@@ -49,6 +49,10 @@ struct Args {
     /// Most offloaded TCP connections per guest.
     #[arg(long, default_value_t = ObjectLimits::default().tcp)]
     max_tcp: u32,
+    /// Impair offloaded traffic (both directions), seeded:
+    /// `loss=0.05,reorder=0.05,reorder-delay-ms=3,duplicate=0,corrupt=0,delay-ms=0,seed=N`.
+    #[arg(long, value_name = "SPEC")]
+    impair: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +92,14 @@ fn main() -> anyhow::Result<()> {
             neighbors: args.max_neighbors,
             paths: args.max_paths,
             tcp: args.max_tcp,
+        },
+        data_plane: chimney_device::data_plane::DataPlaneOptions {
+            impair: args
+                .impair
+                .as_deref()
+                .map(chimney_device::data_plane::parse_impair)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--impair: {e}"))?,
         },
         ..DeviceConfig::default()
     };
