@@ -141,7 +141,7 @@ impl NetBackend {
                     signal(rx, "rx 0");
                 }
             } else if self.inner.data_plane.is_some() {
-                nic.drain_to_switch();
+                nic.drain_to_switch(false);
             }
         } else if event == 1 && ring_live(tx) {
             let used = nic.process_tx(&*mem, tx.get_mut().get_queue_mut());
@@ -154,6 +154,7 @@ impl NetBackend {
     /// Pair 1 (queues 2, 3) = events 0, 1 of the ring thread; data pairs (events 2..) are
     /// accepted and left alone for now.
     fn handle_rings(&self, event: u16, vrings: &[VringRwLock]) {
+        tracing::trace!(event, "ring thread event");
         let Some(atomic) = self.memory() else {
             return;
         };

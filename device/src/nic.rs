@@ -267,6 +267,11 @@ impl Nic {
                         }
                         Ok(false) => {
                             self.rx_pending = Some(n);
+                            // With a data plane, frames of offloaded connections behind this
+                            // one must not wait for the guest's NIC buffers.
+                            if self.switch.is_some() {
+                                self.drain_to_switch(true);
+                            }
                             break;
                         }
                         Err(e) => {
@@ -284,21 +289,33 @@ impl Nic {
     /// The guest's rx queue is not live (not set up or disabled) but a data plane exists:
     /// read the TAP anyway so frames of offloaded connections reach their engines; other
     /// frames are dropped and counted (a NIC without rx buffers drops too).
-    pub fn drain_to_switch(&mut self) {
+    ///
+    /// With `keep_pending` (the rx queue is live but out of buffers) the frame waiting in
+    /// `rx_buf` stays for the guest and the others are read into the spare buffer.
+    pub fn drain_to_switch(&mut self, keep_pending: bool) {
         let (Some(tap), Some(sw)) = (self.tap.clone(), self.switch.clone()) else {
             return;
         };
-        if let Some(n) = self.rx_pending.take() {
-            if !sw.switch_frame(&self.rx_buf[..n]) {
-                count(
-                    &self.stats.rx_dropped_no_buffer,
-                    "rx dropped",
-                    &"rx queue not live",
-                );
+        let why = if keep_pending {
+            "no rx buffer"
+        } else {
+            "rx queue not live"
+        };
+        if !keep_pending {
+            if let Some(n) = self.rx_pending.take() {
+                if !sw.switch_frame(&self.rx_buf[..n]) {
+                    count(&self.stats.rx_dropped_no_buffer, "rx dropped", &why);
+                }
             }
         }
+        // `tx_buf` is free here: the NIC thread does tx and rx one after the other.
+        let buf = if self.rx_pending.is_some() {
+            &mut self.tx_buf
+        } else {
+            &mut self.rx_buf
+        };
         loop {
-            let n = match tap.read_raw(&mut self.rx_buf[..MAX_FRAME_WITH_HDR]) {
+            let n = match tap.read_raw(&mut buf[..MAX_FRAME_WITH_HDR]) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
@@ -309,18 +326,14 @@ impl Nic {
             if n < VNET_HDR_LEN {
                 continue;
             }
-            if sw.switch_frame(&self.rx_buf[..n]) {
+            if sw.switch_frame(&buf[..n]) {
                 if let Some(p) = &self.pcap {
-                    if let Err(e) = p.record(&self.rx_buf[VNET_HDR_LEN..n]) {
+                    if let Err(e) = p.record(&buf[VNET_HDR_LEN..n]) {
                         tracing::warn!(error = %e, "pcap");
                     }
                 }
             } else {
-                count(
-                    &self.stats.rx_dropped_no_buffer,
-                    "rx dropped",
-                    &"rx queue not live",
-                );
+                count(&self.stats.rx_dropped_no_buffer, "rx dropped", &why);
             }
         }
     }
