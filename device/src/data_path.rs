@@ -761,6 +761,13 @@ impl Conn {
             && !self.disconnect_indicated
             && !self.aborted
             && self.rx_hold.is_empty()
+            && !out.iter().any(|r| {
+                r.handle == Some(h)
+                    && matches!(
+                        r.kind,
+                        DataRxKind::ReceiveComplete | DataRxKind::ReceiveIndicate
+                    )
+            })
             && self.posted.iter().all(|p| p.data.is_empty())
             && self
                 .engine
@@ -895,6 +902,30 @@ fn ip_checksum(h: &[u8]) -> u16 {
         s = (s & 0xffff) + (s >> 16);
     }
     !(s as u16)
+}
+
+/// The TCP segment (from the TCP header on) of an Ethernet frame carrying TCP over IPv4 or
+/// IPv6 (no extension headers): what a FORWARD request carries (C-196).
+pub fn tcp_segment(f: &[u8]) -> Option<&[u8]> {
+    let mut off = 12;
+    let mut et = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    if et == 0x8100 {
+        off += 4;
+        et = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    }
+    let ip = f.get(off + 2..)?;
+    match et {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            ip.get(ihl..total.min(ip.len()))
+        }
+        0x86DD => {
+            let plen = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            ip.get(40..(40 + plen).min(ip.len()))
+        }
+        _ => None,
+    }
 }
 
 /// The switch key of a received Ethernet frame (optionally 802.1Q-tagged) carrying TCP over

@@ -16,8 +16,10 @@ use chimney_abi::{
     TcpDelegated, TerminateBlock, TreeBuilder,
 };
 use chimney_device::conversion;
+use chimney_device::data_path::{parse_key, tcp_segment, SwitchKey};
 use chimney_miniport::NicQueues;
 use chimney_netstack::{ConnHandle, ConnectionExport, Engine, EngineConfig, Instant};
+use std::collections::HashMap;
 
 use crate::control_session::ControlSession;
 use crate::error::{HarnessError, Result};
@@ -29,6 +31,10 @@ pub struct HostStack {
     nic: NicQueues,
     platform: Arc<VmmPlatform>,
     origin: std::time::Instant,
+    /// 4-tuples of connections offloaded from this stack: their segments that still come
+    /// up pair 0 are forwarded to the device (C-197), never answered with a RST.
+    offloaded: HashMap<SwitchKey, DeviceHandle>,
+    forwards: Vec<(DeviceHandle, Vec<u8>)>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
@@ -44,6 +50,8 @@ impl HostStack {
             nic,
             platform,
             origin,
+            offloaded: HashMap::new(),
+            forwards: Vec::new(),
         })
     }
 
@@ -65,6 +73,12 @@ impl HostStack {
             .map_err(|e| err("pair 0 rx", e))?
         {
             got += 1;
+            if let Some(h) = parse_key(&f).and_then(|k| self.offloaded.get(&k)) {
+                if let Some(seg) = tcp_segment(&f) {
+                    self.forwards.push((*h, seg.to_vec()));
+                }
+                continue;
+            }
             let _ = self.engine.handle_frame(self.now(), &f);
             timeout = Duration::ZERO;
             if got % 64 == 0 {
@@ -77,6 +91,12 @@ impl HostStack {
         }
         self.flush_tx(now)?;
         Ok(got)
+    }
+
+    /// Segments of offloaded connections that came up pair 0: (TCP handle, segment from the
+    /// TCP header on), to send as FORWARD requests on the connection's data pair (C-196).
+    pub fn take_forwards(&mut self) -> Vec<(DeviceHandle, Vec<u8>)> {
+        std::mem::take(&mut self.forwards)
     }
 
     fn flush_tx(&mut self, now: Instant) -> Result<()> {
@@ -135,7 +155,9 @@ impl HostStack {
                 .and_then(|r| r.handle)
                 .ok_or_else(|| err("initiate", format!("block {i} failed: {r:?}")))
         };
-        Ok(([handle(tb)?, handle(pb)?, handle(0)?], export))
+        let handles = [handle(tb)?, handle(pb)?, handle(0)?];
+        self.offloaded.insert(key_of(&export), handles[0]);
+        Ok((handles, export))
     }
 
     /// Terminate a connection offloaded with [`HostStack::offload`] (handles of the tree's
@@ -189,6 +211,7 @@ impl HostStack {
                 others.push(e);
             }
         }
+        self.offloaded.remove(&key_of(exported));
         let mut st = exported.clone();
         st.tcp.delegated = to_ns_delegated(&delegated);
         st.tcp.send_data = data.send;
@@ -196,6 +219,16 @@ impl HostStack {
         let now = self.now();
         let h = self.engine.import(now, &st).map_err(|e| err("import", e))?;
         Ok((h, others))
+    }
+}
+
+fn key_of(e: &ConnectionExport) -> SwitchKey {
+    SwitchKey {
+        local: std::net::SocketAddr::new(e.path.const_.source_address, e.tcp.const_.local_port),
+        remote: std::net::SocketAddr::new(
+            e.path.const_.destination_address,
+            e.tcp.const_.remote_port,
+        ),
     }
 }
 
