@@ -41,6 +41,9 @@ impl Cell {
         )
     }
     fn impair(&self) -> ImpairConfig {
+        if self.loss == 0 && !self.reorder && !self.dup && !self.corrupt {
+            return ImpairConfig::default(); // a clean wire: frames go straight to the TAP
+        }
         ImpairConfig {
             loss: f64::from(self.loss) / 100.0,
             reorder: if self.reorder { 0.05 } else { 0.0 },
@@ -54,7 +57,7 @@ impl Cell {
 
 /// One connection: `len` bytes each way, checked by SHA-256 at both ends.
 pub fn transfer(cell: Cell, v6: bool, active: bool, seed: u64, len: u64) {
-    transfer_opts(cell, v6, active, seed, len, None);
+    transfer_opts(cell, v6, active, seed, len, None, false);
 }
 
 /// As `transfer`; with `migrate_at`, once that many bytes went one way the connection is
@@ -66,17 +69,34 @@ pub fn transfer_opts(
     seed: u64,
     len: u64,
     migrate_at: Option<u64>,
+    tso: bool,
 ) {
     let name = format!(
-        "{}-{}-{}{}",
+        "{}-{}-{}{}{}",
         cell.name(),
         if v6 { "v6" } else { "v4" },
         if active { "active" } else { "passive" },
-        if migrate_at.is_some() { "-migrate" } else { "" }
+        if migrate_at.is_some() { "-migrate" } else { "" },
+        if tso { "-tso" } else { "" }
     );
     println!("cell {name}: seed {seed:#x} (re-run: NETSTACK_SEED={seed:#x} NETSTACK_CELL={name})");
     let started = std::time::Instant::now();
-    let mut rig = Rig::new("xfer", seed, cell.impair(), test_engine_config(seed)).with_pcap(&name);
+    let mut cfg = test_engine_config(seed);
+    let offload = if tso {
+        // TSO super-frames and partial checksums to the TAP, offloaded frames from it.
+        cfg.offload = chimney_netstack::TxOffload {
+            tso: true,
+            checksum: true,
+        };
+        chimney_wire::Offload::ALL
+    } else {
+        Default::default()
+    };
+    let mut rig = Rig::with_offload("xfer", seed, cell.impair(), cfg, offload);
+    // A pcap per 64 MiB connection is ~150 MB: only when asked for.
+    if std::env::var("NETSTACK_PCAP_DIR").is_ok() {
+        rig = rig.with_pcap(&name);
+    }
     let (to_kernel_seed, from_kernel_seed) = (seed ^ 1, seed ^ 2);
     let port = 5001;
     let peer = move |s: std::net::TcpStream| {
@@ -221,6 +241,7 @@ fn export_import_mid_transfer_64mib_ipv4_keeps_sha256() {
         seed_from_env(0x4444),
         len,
         Some(len / 4),
+        false,
     );
 }
 
@@ -239,6 +260,37 @@ fn export_import_mid_transfer_lossy_ipv6_passive_keeps_sha256() {
         seed_from_env(0x4455),
         len,
         Some(len / 4),
+        false,
+    );
+}
+
+#[test]
+fn tso_and_checksum_offload_64mib_both_ways_ipv4_and_ipv6() {
+    // Our TSO super-frames (IFF_VNET_HDR + TUNSETOFFLOAD) and the kernel's GRO'd, partially
+    // checksummed frames back: the bytes must still be exact.
+    let clean = Cell {
+        loss: 0,
+        reorder: false,
+        dup: false,
+        corrupt: false,
+    };
+    transfer_opts(
+        clean,
+        false,
+        true,
+        seed_from_env(0x5050),
+        bytes(),
+        None,
+        true,
+    );
+    transfer_opts(
+        clean,
+        true,
+        false,
+        seed_from_env(0x5051),
+        bytes(),
+        None,
+        true,
     );
 }
 

@@ -173,31 +173,9 @@ impl Rig {
     pub fn pump(&mut self, max_wait: Duration) {
         let now = self.now();
         // Kernel → impairment.
-        let mut got = false;
         while let Ok(Some(n)) = self.topo.tap.read_raw(&mut self.rx) {
-            got = true;
-            if self.down.config().is_clean() && !self.blackhole {
-                // Offloaded receive (TUNSETOFFLOAD): NEEDS_CSUM / DATA_VALID frames come from
-                // the local kernel with checksums not filled in; skip verification for them.
-                let flags = self.rx[0];
-                let verify = flags & (VnetHeader::F_NEEDS_CSUM | VnetHeader::F_DATA_VALID) == 0;
-                if let Some(p) = &self.pcap {
-                    let _ = p.record(&self.rx[12..n]);
-                }
-                self.frames_from_kernel += 1;
-                let _ = self.engine.handle_frame_with(now, &self.rx[12..n], verify);
-                continue;
-            }
-            let frame = &self.rx[12..n];
-            if let Some(p) = &self.pcap {
-                let _ = p.record(frame);
-            }
-            self.frames_from_kernel += 1;
-            if !self.blackhole {
-                self.down.push(now, frame);
-            }
+            self.ingest(now, n);
         }
-        let _ = got;
         // Impairment → engine.
         while let Some(f) = self.down.pop(now) {
             let _ = self.engine.handle_frame(now, &f);
@@ -298,14 +276,28 @@ impl Rig {
             .read_raw_timeout(&mut self.rx, Duration::from_micros(us))
         {
             let now = self.now();
-            let frame = &self.rx[12..n];
-            if let Some(p) = &self.pcap {
-                let _ = p.record(frame);
-            }
-            self.frames_from_kernel += 1;
-            if !self.blackhole {
-                self.down.push(now, frame);
-            }
+            self.ingest(now, n);
+        }
+    }
+
+    /// One frame read from the TAP into `self.rx[..n]` (virtio header first).
+    fn ingest(&mut self, now: Instant, n: usize) {
+        let frame = &self.rx[12..n];
+        if let Some(p) = &self.pcap {
+            let _ = p.record(frame);
+        }
+        self.frames_from_kernel += 1;
+        if self.blackhole {
+            return;
+        }
+        if self.down.config().is_clean() {
+            // Offloaded receive (TUNSETOFFLOAD): NEEDS_CSUM / DATA_VALID frames come from the
+            // local kernel with checksums not filled in; skip verification for them.
+            let flags = self.rx[0];
+            let verify = flags & (VnetHeader::F_NEEDS_CSUM | VnetHeader::F_DATA_VALID) == 0;
+            let _ = self.engine.handle_frame_with(now, &self.rx[12..n], verify);
+        } else {
+            self.down.push(now, frame);
         }
     }
 
