@@ -120,6 +120,46 @@ impl HostStack {
         Ok(st)
     }
 
+    /// The next `n` bytes of `name`'s seeded stream (offloaded connection: the bytes go
+    /// through the miniport), counted in what the peer must receive.
+    pub fn take_bytes(&mut self, name: &str, n: usize) -> Result<Vec<u8>, String> {
+        let c = self
+            .parked
+            .get_mut(name)
+            .ok_or_else(|| format!("`{name}` is not offloaded"))?;
+        let mut v = vec![0u8; n];
+        c.rng.fill_bytes(&mut v);
+        c.hasher.update(&v);
+        c.sent += n as u64;
+        Ok(v)
+    }
+
+    /// After an offloaded connection was disconnected through the miniport: wait for the
+    /// peer and compare what it read with what was sent (or `expect_sha256`).
+    pub fn finish_offloaded(
+        &mut self,
+        name: &str,
+        graceful: bool,
+        expect_sha256: Option<&str>,
+    ) -> Result<String, String> {
+        let mut c = self
+            .parked
+            .remove(name)
+            .ok_or_else(|| format!("`{name}` is not offloaded"))?;
+        let peer = c.peer.take().ok_or("peer already joined")?;
+        let limit = std::time::Instant::now() + STEP_LIMIT;
+        while !peer.is_finished() {
+            if std::time::Instant::now() > limit {
+                return Err(format!("the peer of `{name}` did not see the close"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = peer
+            .join()
+            .map_err(|_| "peer thread panicked".to_string())?;
+        check_peer(seen, c, graceful, expect_sha256)
+    }
+
     /// Continue `name` in the host stack from the state the offload target returned.
     pub fn import(
         &mut self,
@@ -331,6 +371,18 @@ impl HostStack {
         let seen = peer
             .join()
             .map_err(|_| "peer thread panicked".to_string())?;
+        check_peer(seen, c, graceful, expect_sha256)
+    }
+}
+
+/// Compare what the peer read with what was sent on `c`.
+fn check_peer(
+    seen: PeerResult,
+    c: HostConn,
+    graceful: bool,
+    expect_sha256: Option<&str>,
+) -> Result<String, String> {
+    {
         let sent_sha: [u8; 32] = c.hasher.finalize().into();
         if !graceful {
             return Ok(format!(

@@ -426,3 +426,133 @@ impl Link<'_> {
         }
     }
 }
+
+/// One send completion: NBL id, status, TcpOffloadBytesTransferred.
+pub type SendCompletion = (u64, NdisStatus, usize);
+
+/// How long one data operation through the miniport may take (a bound against hangs).
+const DATA_LIMIT: Duration = Duration::from_secs(30);
+
+impl Link<'_> {
+    /// Attach data pair 2 (queues 4/5) to the miniport, when the device has it.
+    pub fn attach_data_pair(&mut self, vmm: &mut crate::frontend::Vmm) -> Result<(), String> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Ok(());
+        };
+        let rx = vmm
+            .create_queue(4, 256)
+            .map_err(|e| format!("data rx: {e}"))?;
+        let tx = vmm
+            .create_queue(5, 256)
+            .map_err(|e| format!("data tx: {e}"))?;
+        ndis.adapter
+            .attach_data_pairs(
+                vec![(rx, tx)],
+                chimney_miniport::data::DataConfig::default(),
+            )
+            .map_err(|e| format!("attach data pair: {e}"))
+    }
+
+    /// Run the miniport's DPC until `done` sees the log from `from` on.
+    fn dpc_until(
+        ndis: &mut Ndis,
+        what: &str,
+        from: usize,
+        mut done: impl FnMut(&[Callback]) -> bool,
+    ) -> Result<(), String> {
+        let limit = Instant::now() + DATA_LIMIT;
+        while !done(&ndis.model.log[from..]) {
+            if Instant::now() > limit {
+                return Err(format!("{what}: not completed within {DATA_LIMIT:?}"));
+            }
+            ndis.adapter
+                .poll_device(&mut ndis.model, Duration::from_millis(20))
+                .map_err(|e| format!("{what}: miniport DPC: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// `NdisOffloadTcpSend` of `data` in NBLs of at most 64 KiB (ids from `first_id`);
+    /// waits for every send completion. Returns (handler status, completion statuses in
+    /// completion order with their ids and bytes transferred).
+    pub fn send_data(
+        &mut self,
+        ctx: u64,
+        data: &[u8],
+        first_id: u64,
+    ) -> Result<(NdisStatus, Vec<SendCompletion>), String> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Err("data through the miniport needs the NDIS driver".into());
+        };
+        let nbls: Vec<_> = data
+            .chunks(64 << 10)
+            .enumerate()
+            .map(|(i, c)| {
+                chimney_miniport::ndis::nbl::NetBufferList::with_data(first_id + i as u64, c)
+            })
+            .collect();
+        let want = nbls.len();
+        let from = ndis.model.log.len();
+        let st = ndis.send(ctx, nbls).map_err(|e| e.to_string())?;
+        let count = |log: &[Callback]| {
+            log.iter()
+                .map(|c| match c {
+                    Callback::SendComplete(v) => v.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+        };
+        Self::dpc_until(ndis, "send completions", from, |log| count(log) >= want)?;
+        let done = ndis.model.log[from..]
+            .iter()
+            .flat_map(|c| match c {
+                Callback::SendComplete(v) => v
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.id,
+                            n.status,
+                            n.info.tcp_offload_bytes_transferred as usize,
+                        )
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        Ok((st, done))
+    }
+
+    /// `NdisOffloadTcpDisconnect` (graceful or abortive); waits for its completion.
+    pub fn disconnect(
+        &mut self,
+        ctx: u64,
+        graceful: bool,
+        id: u64,
+    ) -> Result<(NdisStatus, NdisStatus), String> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Err("data through the miniport needs the NDIS driver".into());
+        };
+        let from = ndis.model.log.len();
+        let flags = if graceful {
+            chimney_miniport::ndis::TCP_DISCONNECT_GRACEFUL_CLOSE
+        } else {
+            chimney_miniport::ndis::TCP_DISCONNECT_ABORTIVE_CLOSE
+        };
+        let nbl = chimney_miniport::ndis::nbl::NetBufferList::with_data(id, b"");
+        let st = ndis
+            .disconnect(ctx, nbl, flags)
+            .map_err(|e| e.to_string())?;
+        Self::dpc_until(ndis, "disconnect completion", from, |log| {
+            log.iter()
+                .any(|c| matches!(c, Callback::DisconnectComplete(_)))
+        })?;
+        let done = ndis.model.log[from..]
+            .iter()
+            .find_map(|c| match c {
+                Callback::DisconnectComplete(n) => Some(n.status),
+                _ => None,
+            })
+            .unwrap_or(NdisStatus::FAILURE);
+        Ok((st, done))
+    }
+}

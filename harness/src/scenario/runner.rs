@@ -164,7 +164,8 @@ pub fn scenario_seed(master: u64, name: &str) -> u64 {
 }
 
 const DATA_RINGS: &str = "unsupported by this device build: on an offloaded connection this \
-     needs the data I/O rings (queue pairs 2.., issue 4)";
+     needs the data I/O rings (issue 4); the runner drives them through the miniport's TCP \
+     handlers when the scenario sets `[device] queue_pairs = 3`";
 
 /// The step kinds that need the data path (issue 4) or the host-stack driver for it.
 fn unsupported_reason(step: &Step) -> Option<String> {
@@ -208,7 +209,11 @@ pub fn pending_reason(sc: &Scenario) -> Option<String> {
                     offloaded.remove(o);
                 }
             }
-            Step::Send { conn, .. } | Step::Disconnect { conn, .. } if offloaded.contains(conn) => {
+            Step::Send { conn, .. } | Step::Disconnect { conn, .. }
+                if offloaded.contains(conn)
+                    && (sc.driver == super::format::DriverKind::Ring
+                        || sc.device.queue_pairs.unwrap_or(2) < 3) =>
+            {
                 return Some(DATA_RINGS.into());
             }
             _ => {}
@@ -256,6 +261,8 @@ struct World<'a> {
     vmm: &'a mut Vmm,
     ns: Option<&'a chimney_wire::NetNs>,
     host: Option<super::host::HostStack>,
+    /// A data pair is attached to the miniport (NDIS driver, `[device] queue_pairs >= 3`).
+    data_pair: bool,
     /// TCP objects that are host-stack connections handed over by `offload_connection`.
     host_offloaded: std::collections::HashSet<String>,
     queue_size: u16,
@@ -1491,6 +1498,92 @@ fn step_offload_connection(
     ))
 }
 
+/// Send on an offloaded host-stack connection through the miniport's TCP send handler.
+fn step_offloaded_send(w: &mut World<'_>, conn: &str, bytes: u64, items: &[ItemId]) -> StepResult {
+    let i = w.find(conn)?;
+    let ctx = w.objs[i].handle.0;
+    let n = usize::try_from(bytes).map_err(|_| "too many bytes".to_string())?;
+    let data = w
+        .host
+        .as_mut()
+        .ok_or("host stack missing")?
+        .take_bytes(conn, n)?;
+    w.next_context += 1;
+    let first_id = w.next_context << 16;
+    let (st, done) = w.link.send_data(ctx, &data, first_id)?;
+    if st != NdisStatus::PENDING {
+        w.monitor.violate(
+            138,
+            format!("the send handler returned {st}, only PENDING is allowed"),
+        );
+    }
+    let chunks = data.chunks(64 << 10).map(<[u8]>::len).collect::<Vec<_>>();
+    for (k, (id, status, moved)) in done.iter().enumerate() {
+        let want_id = first_id + k as u64;
+        if *id != want_id {
+            w.monitor.violate(
+                140,
+                format!("send completion {k} is NBL {id:#x}, expected {want_id:#x} (FIFO order)"),
+            );
+        }
+        if *status != NdisStatus::SUCCESS {
+            return Err(format!(
+                "send of `{conn}`: expected NBL {id:#x} completed with SUCCESS, seen {status}{}",
+                cite(items)
+            ));
+        }
+        let want = chunks.get(k).copied().unwrap_or(0);
+        if *moved != want {
+            w.monitor.violate(
+                143,
+                format!("NBL {id:#x} completed with TcpOffloadBytesTransferred {moved}, {want} were sent"),
+            );
+        }
+    }
+    w.drain_events()?;
+    Ok(format!(
+        "{bytes} bytes in {} NBLs sent and completed through the miniport",
+        done.len()
+    ))
+}
+
+/// Disconnect an offloaded host-stack connection through the miniport, then judge what
+/// the peer read.
+fn step_offloaded_disconnect(
+    w: &mut World<'_>,
+    conn: &str,
+    graceful: bool,
+    peer_sha256: Option<&str>,
+    items: &[ItemId],
+) -> StepResult {
+    let i = w.find(conn)?;
+    let ctx = w.objs[i].handle.0;
+    w.next_context += 1;
+    let (st, done) = w.link.disconnect(ctx, graceful, w.next_context << 16)?;
+    if st != NdisStatus::PENDING {
+        w.monitor.violate(
+            180,
+            format!("the disconnect handler returned {st}, only PENDING"),
+        );
+    }
+    if graceful && done != NdisStatus::SUCCESS {
+        return Err(format!(
+            "graceful disconnect of `{conn}`: expected completion SUCCESS, seen {done}{}",
+            cite(items)
+        ));
+    }
+    let r = w
+        .host
+        .as_mut()
+        .ok_or("host stack missing")?
+        .finish_offloaded(conn, graceful, peer_sha256)
+        .map_err(|e| format!("{e}{}", cite(items)))?;
+    // The connection stays offloaded until the host terminates it (C-190).
+    w.host_offloaded.remove(conn);
+    w.drain_events()?;
+    Ok(format!("disconnect completed {done}; {r}"))
+}
+
 /// After a terminate: host-stack connections continue in the engine from the delegated
 /// state the offload target returned.
 fn resume_host_connections(
@@ -1649,6 +1742,9 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
         }
         Step::Send { conn, bytes, .. } => match w.host.as_mut() {
             Some(h) if h.has(conn) => h.send(conn, *bytes),
+            Some(h) if h.is_parked(conn) && w.data_pair => {
+                step_offloaded_send(w, conn, *bytes, &items)
+            }
             _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
         },
         Step::Disconnect {
@@ -1657,6 +1753,13 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
             peer_sha256,
             ..
         } => match w.host.as_mut() {
+            Some(h) if h.is_parked(conn) && w.data_pair => step_offloaded_disconnect(
+                w,
+                conn,
+                *kind == super::format::DisconnectKind::Graceful,
+                peer_sha256.as_deref(),
+                &items,
+            ),
             Some(h) if h.has(conn) => h
                 .close(
                     conn,
@@ -1808,10 +1911,10 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
             let mut cfg = TestBedConfig::default();
             cfg.device.binary = opts.device.clone();
             cfg.device.extra_args = device_args(sc);
-            if let Some(q) = sc.device.queue_pairs {
-                cfg.device.queue_pairs = q;
-                cfg.vmm.queue_pairs = q;
-            }
+            // Pair 0 NIC, 1 control, 2 data (for offloaded connections' data).
+            let q = sc.device.queue_pairs.unwrap_or(2);
+            cfg.device.queue_pairs = q;
+            cfg.vmm.queue_pairs = q;
             if let Some(dir) = &opts.pcap_dir {
                 let p = dir.join(format!("{}.pcap", sc.name));
                 cfg.device.extra_args.push("--pcap".into());
@@ -1872,12 +1975,24 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
             }
         },
     };
+    let mut link = link;
+    let data_pair =
+        link.is_ndis() && sc.device.queue_pairs.unwrap_or(2) >= 3 && opts.device_socket.is_none();
+    if data_pair {
+        if let Err(e) = link.attach_data_pair(vmm) {
+            report.error = Some(format!("data pair: {e}"));
+            report.steps = not_run(sc, 0);
+            report.duration = started.elapsed();
+            return report;
+        }
+    }
     let mut w = World {
         link,
         vmm,
         ns,
         host: None,
         host_offloaded: Default::default(),
+        data_pair,
         queue_size: opts.queue_size,
         seed,
         objs: Vec::new(),
