@@ -293,7 +293,9 @@ impl ControlPlane {
                 };
                 match self.table.terminate(t) {
                     Ok(mut r) => {
-                        offload_glue::patch_terminate(t, &mut r, &live);
+                        if let Some(d) = &dp {
+                            offload_glue::patch_terminate(t, &mut r, &live, &mut lock_dp(d));
+                        }
                         done(NdisStatus::SUCCESS, CompletionBody::Terminate(r))
                     }
                     Err(e) => return op_err(e),

@@ -15,6 +15,7 @@
 //!   `take_events()` (control-ring events).
 
 use crate::conversion;
+use crate::policy::{DefaultPolicy, VendorPolicy};
 use chimney_abi::data_io::{data_pair_for, DataRecord, DataRequest, DataRxKind, FLAG_PUSH};
 use chimney_abi::event::{tcp_event, upload_reason};
 use chimney_abi::{DeviceHandle, Event, NdisStatus, TcpData};
@@ -81,6 +82,8 @@ struct Conn {
     rcv_indication_size: usize,
     /// Received bytes read out of the engine but not yet delivered (indication batch).
     rx_hold: Vec<u8>,
+    /// Bytes delivered to the host (posted buffers + indications).
+    received: u64,
     peer_fin: bool,
     disconnect_indicated: bool,
     aborted: bool,
@@ -106,6 +109,8 @@ pub struct DataPath {
     /// (C-145: the host re-sends them on the host stack) instead of ERROR.
     terminated: VecDeque<DeviceHandle>,
     wire: WireSink,
+    /// The vendor's decisions (docs/vendor-guide.md); the correct target by default.
+    policy: Box<dyn VendorPolicy>,
 }
 
 /// Where the engines' frames go (the TAP in the device, a queue in tests).
@@ -134,7 +139,17 @@ impl DataPath {
             dirty: Vec::new(),
             terminated: VecDeque::new(),
             wire,
+            policy: Box::new(DefaultPolicy),
         }
+    }
+
+    /// Hand the target's decisions to a vendor policy (file or code).
+    pub fn set_policy(&mut self, policy: Box<dyn VendorPolicy>) {
+        self.policy = policy;
+    }
+
+    pub fn policy_mut(&mut self) -> &mut dyn VendorPolicy {
+        &mut *self.policy
     }
 
     pub fn len(&self) -> usize {
@@ -191,6 +206,7 @@ impl DataPath {
         cfg.offload = self.tx_offload;
         cfg.mtu = export.path.cached.path_mtu.clamp(576, 65535) as u16;
         cfg.seed = handle.0;
+        self.policy.tune(&mut cfg);
         // Room for the imported data plus a window's worth of new sends.
         let sd = export.tcp.send_data.len();
         cfg.tcp.send_buffer = (sd + (1 << 20)).next_power_of_two();
@@ -225,6 +241,7 @@ impl DataPath {
                 n => n,
             },
             rx_hold: export.tcp.buffered_data.clone(),
+            received: 0,
             peer_fin: false,
             disconnect_indicated: false,
             aborted: false,
@@ -308,7 +325,21 @@ impl DataPath {
             DataRequest::Send {
                 request_id, data, ..
             } => {
-                if c.aborted {
+                if let Some(st) = self.policy.send(h, data.len()) {
+                    out.push_back(complete(DataRxKind::SendComplete, request_id, st, 0));
+                } else if self.policy.send_complete_before_ack() {
+                    // Deliberate firmware bug (breaks C-142): completed before its ACK.
+                    let n = data.len() as u32;
+                    c.queued += data.len() as u64;
+                    c.unsent.extend(data);
+                    c.feed();
+                    out.push_back(complete(
+                        DataRxKind::SendComplete,
+                        request_id,
+                        NdisStatus::SUCCESS,
+                        n,
+                    ));
+                } else if c.aborted {
                     // C-145 / C-192: after an RST the host discards.
                     out.push_back(complete(
                         DataRxKind::SendComplete,
@@ -446,6 +477,10 @@ impl DataPath {
                 &mut self.events,
                 &mut self.next_indication,
             );
+            if let Some((code, info)) = self.policy.spontaneous_event(h, c.acked + c.received) {
+                self.events
+                    .push_back(Event::tcp(h, c.host_context, code, info));
+            }
         }
         self.dirty = dirty;
     }
@@ -481,6 +516,16 @@ impl DataPath {
         };
         self.by_key.remove(&c.key);
         self.terminated.push_back(h);
+        if self.policy.event_after_terminate() {
+            // Deliberate firmware bug (breaks C-114): this event goes out after the
+            // terminate completion.
+            self.events.push_back(Event::tcp(
+                h,
+                c.host_context,
+                tcp_event::RETRIEVE,
+                upload_reason::UPLOAD_REQUESTED,
+            ));
+        }
         if self.terminated.len() > 4096 {
             self.terminated.pop_front();
         }
@@ -806,6 +851,7 @@ impl Conn {
             if let Some(p) = self.posted.front_mut() {
                 let k = (p.capacity - p.data.len()).min(self.rx_hold.len());
                 p.data.extend(self.rx_hold.drain(..k));
+                self.received += k as u64;
                 if p.data.len() == p.capacity {
                     if let Some(p) = self.posted.pop_front() {
                         out.push_back(completed(h, p, 0));
@@ -815,6 +861,7 @@ impl Conn {
             }
             let k = self.rx_hold.len().min(self.rcv_indication_size);
             let data: Vec<u8> = self.rx_hold.drain(..k).collect();
+            self.received += k as u64;
             let id = *next;
             *next += 1;
             self.indicated_outstanding.insert(id, data.len());

@@ -31,6 +31,8 @@ pub struct DataPlaneOptions {
     /// Seeded impairment of offloaded traffic, both directions (engine → TAP and TAP →
     /// engine); TSO is off then, so loss and reordering hit single segments.
     pub impair: Option<(ImpairConfig, u64)>,
+    /// Vendor policy from `--policy` (docs/vendor-guide.md).
+    pub policy: Option<crate::policy::FilePolicy>,
 }
 
 /// Both directions of the impairment: frames held until due.
@@ -162,7 +164,10 @@ impl DataPlane {
             tso: impaired.is_none(),
             checksum: impaired.is_none(),
         };
-        let dp = DataPath::new(mac, data_pairs, offload, sink);
+        let mut dp = DataPath::new(mac, data_pairs, offload, sink);
+        if let Some(p) = &opts.policy {
+            dp.set_policy(Box::new(p.clone()));
+        }
         let timer = TimerFd::new()?;
         // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes, so that
         // `on_wakeup` can read it when only the notify fd fired.

@@ -20,6 +20,7 @@ mod error;
 pub mod features;
 pub mod nic;
 pub mod offload_glue;
+pub mod policy;
 pub mod relay;
 pub mod state_manipulation;
 pub mod sys;

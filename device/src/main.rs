@@ -53,6 +53,10 @@ struct Args {
     /// `loss=0.05,reorder=0.05,reorder-delay-ms=3,duplicate=0,corrupt=0,delay-ms=0,seed=N`.
     #[arg(long, value_name = "SPEC")]
     impair: Option<String>,
+    /// Vendor policy file (TOML, docs/vendor-guide.md): capacities, failures, events,
+    /// engine tuning, deliberate firmware bugs.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,13 +89,22 @@ fn main() -> anyhow::Result<()> {
         .map(PcapWriter::create)
         .transpose()
         .context("--pcap")?;
+    let policy = args
+        .policy
+        .as_deref()
+        .map(chimney_device::policy::FilePolicy::load)
+        .transpose()
+        .context("--policy")?;
     let cfg = DeviceConfig {
         queue_pairs: args.queue_pairs,
         max_queue_size: args.max_queue_size,
-        limits: ObjectLimits {
-            neighbors: args.max_neighbors,
-            paths: args.max_paths,
-            tcp: args.max_tcp,
+        limits: {
+            let l = ObjectLimits {
+                neighbors: args.max_neighbors,
+                paths: args.max_paths,
+                tcp: args.max_tcp,
+            };
+            policy.as_ref().map_or(l, |p| p.limits(l))
         },
         data_plane: chimney_device::data_plane::DataPlaneOptions {
             impair: args
@@ -100,6 +113,7 @@ fn main() -> anyhow::Result<()> {
                 .map(chimney_device::data_plane::parse_impair)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--impair: {e}"))?,
+            policy,
         },
         ..DeviceConfig::default()
     };

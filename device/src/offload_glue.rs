@@ -37,6 +37,13 @@ pub fn after_initiate(
         };
         let empty = TcpData::default();
         let d = data.iter().find(|d| d.block == i as u32).unwrap_or(&empty);
+        if let Some(st) = dp.policy_mut().initiate(Layer::Tcp) {
+            // The vendor policy refuses this connection (capacity, …).
+            table.remove_tcp(h);
+            r.status = st;
+            r.handle = None;
+            continue;
+        }
         let export = conversion::to_export(&n, &p, &t, d);
         if let Err(e) = dp.offload(h, ctx, &export, now) {
             tracing::info!(handle = h.0, error = %e, "initiate: engine refused the connection");
@@ -117,7 +124,9 @@ pub fn patch_terminate(
     tree: &Tree<TerminateBlock>,
     results: &mut [BlockResult<DelegatedState>],
     states: &[(DeviceHandle, chimney_abi::TcpDelegated)],
+    dp: &mut DataPath,
 ) {
+    let wrong = dp.policy_mut().terminate_status();
     for (b, r) in tree.blocks.iter().zip(results.iter_mut()) {
         let TerminateBlock::Object { handle, .. } = b.body else {
             continue;
@@ -126,6 +135,10 @@ pub fn patch_terminate(
             (r.state.as_mut(), states.iter().find(|(h, _)| *h == handle))
         {
             *d = *live;
+        }
+        if let (Some(st), Some(Layer::Tcp)) = (wrong, handle.layer()) {
+            // Deliberate firmware bug (breaks C-112).
+            r.status = st;
         }
     }
 }

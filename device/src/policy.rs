@@ -1,0 +1,495 @@
+//! Vendor policy: the decisions a real offload target's firmware makes, so a vendor can
+//! prototype them on this device (docs/vendor-guide.md). Two ways in:
+//! * a TOML file given with `--policy` ([`PolicyFile`], validated; errors name the key);
+//! * the [`VendorPolicy`] trait, implemented in code ([`FilePolicy`] implements it from the
+//!   file; [`SmallTablePolicy`] is the worked example).
+//!
+//! Some knobs are deliberate firmware bugs that break a named C-item, so a test suite can
+//! prove that it catches them: `send_complete_before_ack` (C-142), `event_after_terminate`
+//! (C-114), `wrong_terminate_status` (C-112).
+
+use chimney_abi::event::{tcp_event, upload_reason};
+use chimney_abi::{DeviceHandle, Layer, NdisStatus};
+use chimney_netstack::EngineConfig;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// The decisions the device delegates to the vendor. Every method has the behaviour of a
+/// correct target as its default.
+pub trait VendorPolicy: Send {
+    /// A new object of `layer` in an initiate tree: `Some(status)` refuses it with that
+    /// status (e.g. OFFLOAD_TCP_ENTRIES), `None` accepts it.
+    fn initiate(&mut self, _layer: Layer) -> Option<NdisStatus> {
+        None
+    }
+    /// A send request of `len` bytes: `Some(status)` completes it at once with that status.
+    fn send(&mut self, _handle: DeviceHandle, _len: usize) -> Option<NdisStatus> {
+        None
+    }
+    /// Deliberate bug (breaks C-142): complete sends when queued, not when acknowledged.
+    fn send_complete_before_ack(&self) -> bool {
+        false
+    }
+    /// A spontaneous event for a connection that has moved `bytes` (sent and acknowledged
+    /// plus received): `(TCP_OFFLOAD_EVENT_TYPE, info)`. Asked after every batch of work;
+    /// return each event once.
+    fn spontaneous_event(&mut self, _handle: DeviceHandle, _bytes: u64) -> Option<(u32, u32)> {
+        None
+    }
+    /// Deliberate bug (breaks C-114): raise a retrieve event for a connection after its
+    /// terminate completed.
+    fn event_after_terminate(&self) -> bool {
+        false
+    }
+    /// Deliberate bug (breaks C-112): the status of a TCP block of a successful terminate.
+    fn terminate_status(&mut self) -> Option<NdisStatus> {
+        None
+    }
+    /// Engine tuning of offloaded connections (delayed ACK, SACK, RTO floor, …).
+    fn tune(&self, _cfg: &mut EngineConfig) {}
+}
+
+/// The correct target: every default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultPolicy;
+impl VendorPolicy for DefaultPolicy {}
+
+/// Why a policy file was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(String),
+    #[error("{key}: {why}")]
+    Value { key: String, why: String },
+}
+
+/// `[capacity]`: objects of each type the device accepts (OFFLOAD_*_ENTRIES beyond).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub neighbors: Option<u32>,
+    pub paths: Option<u32>,
+    pub tcp: Option<u32>,
+}
+
+/// `[[fail]]`: fail requests of `operation` with `status`: the `nth` one (1-based), or
+/// every `every`-th one, or all of them when neither is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRule {
+    /// `initiate_tcp` or `send`.
+    pub operation: String,
+    /// An NDIS status name without the `NDIS_STATUS_` prefix, e.g. `OFFLOAD_TCP_ENTRIES`.
+    pub status: String,
+    pub nth: Option<u64>,
+    pub every: Option<u64>,
+}
+
+/// `[engine]`: tuning of offloaded connections.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineTuning {
+    pub delayed_ack_ms: Option<u64>,
+    pub ack_frequency: Option<u32>,
+    pub min_rto_ms: Option<u64>,
+    pub sack: Option<bool>,
+}
+
+/// `[[event]]`: raise `kind` (`retrieve` with `reason`, or `send_backlog`) for every
+/// connection once it has moved `after_bytes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    pub kind: String,
+    pub reason: Option<String>,
+    pub after_bytes: u64,
+}
+
+/// `[bugs]`: deliberate firmware bugs (all off by default).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bugs {
+    #[serde(default)]
+    pub send_complete_before_ack: bool,
+    #[serde(default)]
+    pub event_after_terminate: bool,
+    /// Status name to report for TCP blocks of a terminate instead of SUCCESS.
+    pub wrong_terminate_status: Option<String>,
+}
+
+/// The policy file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub fail: Vec<FailRule>,
+    #[serde(default)]
+    pub engine: EngineTuning,
+    #[serde(default)]
+    pub event: Vec<EventRule>,
+    #[serde(default)]
+    pub bugs: Bugs,
+}
+
+fn status_by_name(key: String, name: &str) -> Result<NdisStatus, PolicyError> {
+    const TABLE: &[NdisStatus] = &[
+        NdisStatus::SUCCESS,
+        NdisStatus::FAILURE,
+        NdisStatus::RESOURCES,
+        NdisStatus::NOT_SUPPORTED,
+        NdisStatus::INVALID_STATE,
+        NdisStatus::REQUEST_ABORTED,
+        NdisStatus::UPLOAD_IN_PROGRESS,
+        NdisStatus::OFFLOAD_TCP_ENTRIES,
+        NdisStatus::OFFLOAD_PATH_ENTRIES,
+        NdisStatus::OFFLOAD_NEIGHBOR_ENTRIES,
+        NdisStatus::OFFLOAD_TCP_XMIT_BUFFER,
+        NdisStatus::OFFLOAD_TCP_RCV_BUFFER,
+        NdisStatus::OFFLOAD_TCP_RCV_WINDOW,
+        NdisStatus::OFFLOAD_POLICY,
+        NdisStatus::OFFLOAD_CONNECTION_REJECTED,
+        NdisStatus::OFFLOAD_PATH_MTU,
+    ];
+    TABLE
+        .iter()
+        .copied()
+        .find(|s| s.name().and_then(|n| n.strip_prefix("NDIS_STATUS_")) == Some(name))
+        .ok_or_else(|| PolicyError::Value {
+            key,
+            why: format!("{name:?} is not a status this device can report"),
+        })
+}
+
+fn reason_by_name(key: String, name: &str) -> Result<u32, PolicyError> {
+    use upload_reason::*;
+    Ok(match name {
+        "LowActivity" => LOW_ACTIVITY,
+        "HighDropRate" => HIGH_DROP_RATE,
+        "SmallIO" => SMALL_IO,
+        "NoBufferProposting" => NO_BUFFER_PREPOSTING,
+        "ReceivedUrgentData" => RECEIVED_URGENT_DATA,
+        "HighFragmentation" => HIGH_FRAGMENTATION,
+        "HighOutofOrderPackets" => HIGH_OUT_OF_ORDER_PACKETS,
+        "TimeoutExpiration" => TIMEOUT_EXPIRATION,
+        "InvalidState" => INVALID_STATE,
+        "UploadRequested" => UPLOAD_REQUESTED,
+        "HardwareFailure" => HARDWARE_FAILURE,
+        _ => {
+            return Err(PolicyError::Value {
+                key,
+                why: format!("{name:?} is not a TCP_UPLOAD_REASON (LowActivity … HardwareFailure)"),
+            })
+        }
+    })
+}
+
+/// A validated policy file, ready to act.
+#[derive(Debug, Clone, Default)]
+pub struct FilePolicy {
+    pub file: PolicyFile,
+    fails: Vec<ActiveFail>,
+    events: Vec<(u32, u32, u64)>,
+    fired: HashSet<(DeviceHandle, usize)>,
+    terminate_status: Option<NdisStatus>,
+}
+
+/// A `[[fail]]` rule with its request counter.
+#[derive(Debug, Clone, Copy)]
+struct ActiveFail {
+    op: Op,
+    status: NdisStatus,
+    nth: Option<u64>,
+    every: Option<u64>,
+    count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    InitiateTcp,
+    Send,
+}
+
+impl FilePolicy {
+    pub fn load(path: &std::path::Path) -> Result<FilePolicy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parse and validate; unknown keys, wrong types and impossible values are refused.
+    pub fn parse(text: &str) -> Result<FilePolicy, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Toml(e.to_string()))?;
+        let mut p = FilePolicy {
+            file: file.clone(),
+            ..FilePolicy::default()
+        };
+        let cap = &file.capacity;
+        for (k, v) in [
+            ("capacity.neighbors", cap.neighbors),
+            ("capacity.paths", cap.paths),
+            ("capacity.tcp", cap.tcp),
+        ] {
+            if v == Some(0) {
+                return Err(PolicyError::Value {
+                    key: k.into(),
+                    why: "0 objects would refuse every offload; give at least 1".into(),
+                });
+            }
+        }
+        for (i, f) in file.fail.iter().enumerate() {
+            let op = match f.operation.as_str() {
+                "initiate_tcp" => Op::InitiateTcp,
+                "send" => Op::Send,
+                o => {
+                    return Err(PolicyError::Value {
+                        key: format!("fail[{i}].operation"),
+                        why: format!("{o:?} is not one of initiate_tcp, send"),
+                    })
+                }
+            };
+            let st = status_by_name(format!("fail[{i}].status"), &f.status)?;
+            if !st.is_error() {
+                return Err(PolicyError::Value {
+                    key: format!("fail[{i}].status"),
+                    why: format!("{} is not a failure status", f.status),
+                });
+            }
+            if f.every == Some(0) || f.nth == Some(0) {
+                return Err(PolicyError::Value {
+                    key: format!("fail[{i}].every/nth"),
+                    why: "counts start at 1".into(),
+                });
+            }
+            p.fails.push(ActiveFail {
+                op,
+                status: st,
+                nth: f.nth,
+                every: f.every,
+                count: 0,
+            });
+        }
+        if let Some(ms) = file.engine.delayed_ack_ms {
+            if ms > 500 {
+                return Err(PolicyError::Value {
+                    key: "engine.delayed_ack_ms".into(),
+                    why: format!("{ms} ms exceeds the 500 ms RFC 1122 allows"),
+                });
+            }
+        }
+        if file.engine.ack_frequency == Some(0) {
+            return Err(PolicyError::Value {
+                key: "engine.ack_frequency".into(),
+                why: "0: at least every segment must be able to trigger an ACK".into(),
+            });
+        }
+        for (i, e) in file.event.iter().enumerate() {
+            let key = |f: &str| format!("event[{i}].{f}");
+            let (code, info) = match e.kind.as_str() {
+                "retrieve" => {
+                    let r = e.reason.as_deref().ok_or_else(|| PolicyError::Value {
+                        key: key("reason"),
+                        why: "a retrieve needs a reason".into(),
+                    })?;
+                    (tcp_event::RETRIEVE, reason_by_name(key("reason"), r)?)
+                }
+                "send_backlog" => (tcp_event::SEND_BACKLOG_CHANGE, 64 << 10),
+                k => {
+                    return Err(PolicyError::Value {
+                        key: key("kind"),
+                        why: format!("{k:?} is not one of retrieve, send_backlog"),
+                    })
+                }
+            };
+            p.events.push((code, info, e.after_bytes));
+        }
+        if let Some(s) = &file.bugs.wrong_terminate_status {
+            p.terminate_status = Some(status_by_name("bugs.wrong_terminate_status".into(), s)?);
+        }
+        Ok(p)
+    }
+
+    /// Object limits with the file's capacities applied.
+    pub fn limits(
+        &self,
+        base: crate::state_manipulation::ObjectLimits,
+    ) -> crate::state_manipulation::ObjectLimits {
+        let c = &self.file.capacity;
+        crate::state_manipulation::ObjectLimits {
+            neighbors: c.neighbors.unwrap_or(base.neighbors),
+            paths: c.paths.unwrap_or(base.paths),
+            tcp: c.tcp.unwrap_or(base.tcp),
+        }
+    }
+
+    fn fail(&mut self, op: Op) -> Option<NdisStatus> {
+        let mut out = None;
+        for f in &mut self.fails {
+            if f.op != op {
+                continue;
+            }
+            f.count += 1;
+            let hit = match (f.nth, f.every) {
+                (Some(n), _) => f.count == n,
+                (None, Some(e)) => f.count % e == 0,
+                (None, None) => true,
+            };
+            if hit && out.is_none() {
+                out = Some(f.status);
+            }
+        }
+        out
+    }
+}
+
+impl VendorPolicy for FilePolicy {
+    fn initiate(&mut self, layer: Layer) -> Option<NdisStatus> {
+        (layer == Layer::Tcp)
+            .then(|| self.fail(Op::InitiateTcp))
+            .flatten()
+    }
+    fn send(&mut self, _h: DeviceHandle, _len: usize) -> Option<NdisStatus> {
+        self.fail(Op::Send)
+    }
+    fn send_complete_before_ack(&self) -> bool {
+        self.file.bugs.send_complete_before_ack
+    }
+    fn spontaneous_event(&mut self, h: DeviceHandle, bytes: u64) -> Option<(u32, u32)> {
+        for (i, (code, info, after)) in self.events.iter().enumerate() {
+            if bytes >= *after && self.fired.insert((h, i)) {
+                return Some((*code, *info));
+            }
+        }
+        None
+    }
+    fn event_after_terminate(&self) -> bool {
+        self.file.bugs.event_after_terminate
+    }
+    fn terminate_status(&mut self) -> Option<NdisStatus> {
+        self.terminate_status
+    }
+    fn tune(&self, cfg: &mut EngineConfig) {
+        let e = &self.file.engine;
+        if let Some(ms) = e.delayed_ack_ms {
+            cfg.tcp.delayed_ack = Duration::from_millis(ms);
+        }
+        if let Some(n) = e.ack_frequency {
+            cfg.tcp.ack_frequency = n;
+        }
+        if let Some(ms) = e.min_rto_ms {
+            cfg.tcp.min_rto = Duration::from_millis(ms);
+        }
+        if let Some(s) = e.sack {
+            cfg.tcp.sack = s;
+        }
+    }
+}
+
+/// Worked example of the trait: a firmware with a small connection table that refuses the
+/// fifth and later concurrent offloads with OFFLOAD_TCP_ENTRIES... and, to free its table,
+/// asks the host to take back every connection that has moved 1 MiB (retrieve, reason
+/// LowActivity — what a table-managing firmware would use).
+#[derive(Debug, Default)]
+pub struct SmallTablePolicy {
+    offloaded: u32,
+    asked: HashSet<DeviceHandle>,
+}
+
+impl SmallTablePolicy {
+    pub const TABLE: u32 = 4;
+}
+
+impl VendorPolicy for SmallTablePolicy {
+    fn initiate(&mut self, layer: Layer) -> Option<NdisStatus> {
+        if layer != Layer::Tcp {
+            return None;
+        }
+        if self.offloaded >= Self::TABLE {
+            return Some(NdisStatus::OFFLOAD_TCP_ENTRIES);
+        }
+        self.offloaded += 1;
+        None
+    }
+    fn spontaneous_event(&mut self, h: DeviceHandle, bytes: u64) -> Option<(u32, u32)> {
+        (bytes >= 1 << 20 && self.asked.insert(h))
+            .then_some((tcp_event::RETRIEVE, upload_reason::LOW_ACTIVITY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        FilePolicy::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_impossible_values_name_the_key() {
+        assert!(
+            err("[capacity]\ntcpp = 3\n").contains("tcpp"),
+            "{}",
+            err("[capacity]\ntcpp = 3\n")
+        );
+        assert!(err("[capacity]\ntcp = \"many\"\n").contains("tcp"));
+        assert!(err("[capacity]\ntcp = 0\n").starts_with("capacity.tcp:"));
+        let bad_status = "[[fail]]\noperation = \"send\"\nstatus = \"SOMETIMES\"\n";
+        assert!(
+            err(bad_status).starts_with("fail[0].status:"),
+            "{}",
+            err(bad_status)
+        );
+        let bad_op = "[[fail]]\noperation = \"dance\"\nstatus = \"FAILURE\"\n";
+        assert!(err(bad_op).starts_with("fail[0].operation:"));
+        assert!(err("[engine]\ndelayed_ack_ms = 900\n").starts_with("engine.delayed_ack_ms:"));
+        let bad_reason = "[[event]]\nkind = \"retrieve\"\nreason = \"Bored\"\nafter_bytes = 1\n";
+        assert!(err(bad_reason).starts_with("event[0].reason:"));
+        assert!(err("[bugs]\nwrong_terminate_status = \"NOPE\"\n")
+            .starts_with("bugs.wrong_terminate_status:"));
+    }
+
+    #[test]
+    fn fail_rules_count_and_events_fire_once() {
+        let mut p = FilePolicy::parse(
+            "[[fail]]\noperation = \"initiate_tcp\"\nstatus = \"OFFLOAD_TCP_ENTRIES\"\nevery = 2\n\
+             [[event]]\nkind = \"retrieve\"\nreason = \"LowActivity\"\nafter_bytes = 100\n",
+        )
+        .unwrap();
+        let seen: Vec<_> = (0..4).map(|_| p.initiate(Layer::Tcp)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                None,
+                Some(NdisStatus::OFFLOAD_TCP_ENTRIES),
+                None,
+                Some(NdisStatus::OFFLOAD_TCP_ENTRIES)
+            ]
+        );
+        assert_eq!(p.initiate(Layer::Path), None);
+        let h = DeviceHandle(9);
+        assert_eq!(p.spontaneous_event(h, 99), None);
+        assert_eq!(
+            p.spontaneous_event(h, 100),
+            Some((tcp_event::RETRIEVE, upload_reason::LOW_ACTIVITY))
+        );
+        assert_eq!(p.spontaneous_event(h, 200), None);
+    }
+
+    #[test]
+    fn small_table_example_refuses_the_fifth_connection() {
+        let mut p = SmallTablePolicy::default();
+        let r: Vec<_> = (0..5).map(|_| p.initiate(Layer::Tcp)).collect();
+        assert_eq!(r[3], None);
+        assert_eq!(r[4], Some(NdisStatus::OFFLOAD_TCP_ENTRIES));
+    }
+}
