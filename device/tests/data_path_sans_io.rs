@@ -388,3 +388,129 @@ fn peer_reset_raises_abort_and_fails_outstanding_sends_c192() {
         .expect("send completion");
     assert_eq!(send.status, NdisStatus::REQUEST_ABORTED);
 }
+
+/// Connect, offload into the rig's data path with `policy`, return the peer's handle.
+fn offloaded_with_policy(rig: &mut Rig, policy: &str) -> ConnHandle {
+    let p = chimney_device::policy::FilePolicy::parse(policy).expect("policy");
+    rig.dp.set_policy(Box::new(p));
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(rig);
+    let export = rig.host.export(rig.now, hc).unwrap();
+    rig.dp.offload(H, 42, &export, rig.now).unwrap();
+    pc
+}
+
+/// The conformance rule of C-142 as a harness checks it: when a send completes, the peer
+/// holds every byte of it. Returns the violations seen.
+fn sends_completed_before_the_peer_had_them(rig: &mut Rig, pc: ConnHandle) -> Vec<u64> {
+    let mut violations = Vec::new();
+    let mut end = 0usize;
+    let mut ends = std::collections::HashMap::new();
+    for i in 1..=8u64 {
+        end += 65536;
+        ends.insert(i, end);
+        rig.dp.data_request(
+            rig.now,
+            DataRequest::Send {
+                handle: H,
+                request_id: i,
+                data: pattern(i, 65536),
+            },
+        );
+    }
+    let mut peer_in = Vec::new();
+    for _ in 0..200 {
+        // Records are checked before the peer gets to read what arrived this round.
+        rig.dp.flush(rig.now);
+        if let Some(q) = rig.dp.take_records(0) {
+            rig.records.extend(q.drain(..));
+        }
+        for r in rig.records.drain(..) {
+            if r.kind == DataRxKind::SendComplete && r.status == NdisStatus::SUCCESS {
+                let unread = rig.peer.tcb(pc).map(|t| t.recv.readable()).unwrap_or(0);
+                if peer_in.len() + unread < ends[&r.request_id] {
+                    violations.push(r.request_id);
+                }
+            }
+        }
+        rig.pump(1);
+        drain(&mut rig.peer, pc, &mut peer_in);
+    }
+    assert_eq!(peer_in.len(), end, "the data itself still arrives");
+    violations
+}
+
+#[test]
+fn correct_target_completes_sends_only_after_their_ack_c142() {
+    let mut rig = Rig::new();
+    let pc = offloaded_with_policy(&mut rig, "");
+    let v = sends_completed_before_the_peer_had_them(&mut rig, pc);
+    assert!(v.is_empty(), "sends completed early: {v:?}");
+}
+
+#[test]
+fn deliberate_bug_send_complete_before_ack_is_caught_c142() {
+    let mut rig = Rig::new();
+    let pc = offloaded_with_policy(&mut rig, "[bugs]\nsend_complete_before_ack = true\n");
+    let v = sends_completed_before_the_peer_had_them(&mut rig, pc);
+    assert!(
+        !v.is_empty(),
+        "the C-142 check must catch sends completed before their ACK"
+    );
+}
+
+#[test]
+fn policy_retrieve_after_n_bytes_carries_handle_context_and_reason() {
+    let mut rig = Rig::new();
+    let pc = offloaded_with_policy(
+        &mut rig,
+        "[[event]]\nkind = \"retrieve\"\nreason = \"LowActivity\"\nafter_bytes = 100000\n",
+    );
+    rig.peer.send(pc, &pattern(9, 150_000)).unwrap();
+    rig.pump(50);
+    let ev: Vec<_> = rig
+        .events
+        .iter()
+        .map(|e| (e.handle, e.host_context, e.code, e.info))
+        .collect();
+    assert_eq!(
+        ev,
+        vec![(
+            Some(H),
+            42,
+            chimney_abi::event::tcp_event::RETRIEVE,
+            chimney_abi::event::upload_reason::LOW_ACTIVITY
+        )]
+    );
+}
+
+#[test]
+fn deliberate_bug_event_after_terminate_is_caught_c114() {
+    for bug in [false, true] {
+        let mut rig = Rig::new();
+        let policy = if bug {
+            "[bugs]\nevent_after_terminate = true\n"
+        } else {
+            ""
+        };
+        offloaded_with_policy(&mut rig, policy);
+        rig.pump(5);
+        rig.events.clear();
+        rig.dp.terminate(rig.now, H).unwrap();
+        // The conformance rule: nothing about H once its terminate completed.
+        let after: Vec<_> = rig
+            .dp
+            .take_events()
+            .filter(|e| e.handle == Some(H))
+            .collect();
+        assert_eq!(
+            !after.is_empty(),
+            bug,
+            "bug {bug}: events after terminate {after:?}"
+        );
+    }
+}
