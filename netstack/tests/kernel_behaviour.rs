@@ -26,6 +26,7 @@ fn connect(rig: &mut Rig, v6: bool) -> ConnHandle {
     rig.run_until(Duration::from_secs(10), "active open", |r| {
         r.engine.state(c) == Ok(S::Established)
     });
+    rig.flush_pending(); // the handshake's final ACK
     c
 }
 

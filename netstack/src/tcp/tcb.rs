@@ -483,7 +483,9 @@ impl Tcb {
         }
 
         // Sequence acceptability (RFC 9293 §3.10.7.4).
-        let wnd = seq::dist(self.rcv_nxt, self.rcv_adv);
+        // RCV.WND: what we advertised, or what the buffer takes now if that is more (the
+        // handshake's ACK may not have gone out yet when the first segment arrives).
+        let wnd = seq::dist(self.rcv_nxt, self.rcv_adv).max(self.advertisable_window());
         let len = seg.seq_len();
         let in_wnd = |x: u32| seq::in_range(x, self.rcv_nxt, self.rcv_nxt.wrapping_add(wnd));
         let acceptable = match (len, wnd) {
