@@ -183,6 +183,35 @@ impl ControlChannel {
         Ok(request_id)
     }
 
+    /// Encode and send an INITIATE with its data trailer (docs/ring-abi.md §16.4).
+    pub fn submit_with_data<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        body: RequestBody,
+        data: &[chimney_abi::data_io::TcpData],
+    ) -> Result<u64, ControlError> {
+        let request_id = self.allocate_request_id();
+        let bytes = Request { request_id, body }.encode_with_data(data);
+        self.submit_bytes(platform, request_id, &bytes, &[])?;
+        Ok(request_id)
+    }
+
+    /// Remove and return the queued events `keep` selects, in arrival order (the miniport
+    /// takes a terminated connection's UPLOAD_DATA before completing the terminate).
+    pub fn take_events_where(&mut self, mut keep: impl FnMut(&Event) -> bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut rest = VecDeque::new();
+        while let Some(e) = self.events.pop_front() {
+            if keep(&e) {
+                out.push(e);
+            } else {
+                rest.push_back(e);
+            }
+        }
+        self.events = rest;
+        out
+    }
+
     /// Send raw request bytes (tests send malformed ones) as one chain, split into several
     /// descriptors at the offsets in `splits` (ascending). `request_id` is what the caller
     /// expects the device to echo (the bytes are not inspected).

@@ -170,6 +170,17 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
         .expect("connect");
     host.pump_until(|e| *e == NetEvent::Connected(conn));
 
+    // The first INITIAL bytes are queued in the host stack but not sent yet: they travel
+    // with the offload as the TCP block's NetBufferListChain (§3.1.5, C-057).
+    const INITIAL: usize = 20_000;
+    let mut to_peer = vec![0u8; TO_PEER];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 2).fill_bytes(&mut to_peer);
+    let queued = host
+        .engine
+        .send(conn, &to_peer[..INITIAL])
+        .expect("queue initial data");
+    assert_eq!(queued, INITIAL, "host stack took the initial data");
+
     // Export from the host stack, offload through the miniport (neighbor → path → TCP).
     let now = host.now();
     let export = host.engine.export(now, conn).expect("export");
@@ -178,10 +189,8 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
     // The host offloads with the interface MAC (all zero, C-047): this OT has no
     // configurable source MAC (C-046).
     n.konst.dl_source_address = [0; 32];
-    assert!(
-        data.send.is_empty() && data.buffered.is_empty(),
-        "idle connection"
-    );
+    assert_eq!(data.send, to_peer[..INITIAL], "unsent data from SndUna");
+    assert!(data.buffered.is_empty(), "nothing received yet");
     let states = [
         ObjectState::Neighbor(n),
         ObjectState::Path(p),
@@ -196,6 +205,11 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
         b.dependent_block_list = (i < 2).then_some(i + 1);
         blocks.push(b);
     }
+    let third = INITIAL / 3;
+    blocks[2].net_buffer_list_chain = vec![
+        NetBufferList::with_data(11, &to_peer[..third]),
+        NetBufferList::with_data(12, &to_peer[third..INITIAL]),
+    ];
     let done = ndis
         .call(OpKind::Initiate, BlockTree { blocks })
         .expect("initiate");
@@ -211,11 +225,9 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
     let tcp = ctx[2];
 
     // Send through the TCP table: two NBLs, completed only when the peer ACKed them.
-    let mut to_peer = vec![0u8; TO_PEER];
-    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 2).fill_bytes(&mut to_peer);
-    let half = TO_PEER / 2;
+    let half = (TO_PEER + INITIAL) / 2;
     let nbls = vec![
-        NetBufferList::with_data(1, &to_peer[..half]),
+        NetBufferList::with_data(1, &to_peer[INITIAL..half]),
         NetBufferList::with_data(2, &to_peer[half..]),
     ];
     assert_eq!(ndis.send(tcp, nbls).unwrap(), NdisStatus::PENDING);
@@ -238,7 +250,7 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
     let mut posted_open = 4usize;
     let mut seen = ndis.model.log.len();
     let limit = std::time::Instant::now() + LIMIT;
-    while !(sent.len() == 2 && received.len() >= FROM_PEER) {
+    while !(sent.len() == 4 && received.len() >= FROM_PEER) {
         assert!(
             std::time::Instant::now() < limit,
             "timed out: sends completed {sent:?}, received {} of {FROM_PEER} bytes",
@@ -272,11 +284,14 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
             }
         }
     }
-    // Sends complete in posting order, each with all its bytes acknowledged.
+    // Sends complete in posting order, each with all its bytes acknowledged; the data
+    // handed over at initiate first (C-060).
     assert_eq!(
         sent,
         vec![
-            (1, NdisStatus::SUCCESS, half as u32),
+            (11, NdisStatus::SUCCESS, third as u32),
+            (12, NdisStatus::SUCCESS, (INITIAL - third) as u32),
+            (1, NdisStatus::SUCCESS, (half - INITIAL) as u32),
             (2, NdisStatus::SUCCESS, (TO_PEER - half) as u32)
         ]
     );

@@ -704,39 +704,72 @@ fn pause_and_restart_keep_offloaded_connections_and_halt_drains() {
 }
 
 #[test]
-fn send_data_handed_down_at_initiate_is_refused_whole_and_its_nbls_left_alone() {
-    // The miniport does not carry initiate-time send data yet (guest-driver README): the
-    // tree fails whole with FAILURE, and C-045: the NBLs keep their status and are never
-    // completed with NdisTcpOffloadSendComplete.
-    let mut bed = bed(&[]);
+fn send_data_at_initiate_is_taken_only_from_blocks_that_offloaded_c045() {
+    // --max-tcp 1: of two TCP blocks carrying send data, the second fails with
+    // OFFLOAD_TCP_ENTRIES. C-045: its NBLs keep their status, stay in its block and are
+    // never completed; the first block's NBLs now belong to the miniport (C-060).
+    let mut bed = TestBed::start(&TestBedConfig {
+        device: DeviceOptions {
+            extra_args: vec!["--max-tcp".into(), "1".into()],
+            ..DeviceOptions::default()
+        },
+        vmm: chimney_harness::VmmConfig {
+            queue_pairs: 3,
+            ..Default::default()
+        },
+        ..TestBedConfig::default()
+    })
+    .expect("namespace + device + VMM");
     let mut ndis = started(&mut bed);
     let set = OffloadSet::foundation(seed(), 2, bed.peer_mac("tap0").expect("peer MAC"));
     let (abi_tree, _) = set.initiate_tree();
     let mut tree = initiate_blocks(&abi_tree, nh);
-    let t = (0..tree.blocks.len())
-        .find(|&i| tree.blocks[i].state_type() == Some(OffloadStateType::Tcp))
-        .unwrap();
-    let mut nbl = NetBufferList::with_data(9, b"unsent data");
-    nbl.status = NdisStatus(0x1234_5678);
-    tree.blocks[t].net_buffer_list_chain = vec![nbl.clone()];
-    let done = ndis.call(OpKind::Initiate, tree).expect("initiate");
-    assert!(done
-        .tree
-        .blocks
+    let tcps: Vec<usize> = (0..tree.blocks.len())
+        .filter(|&i| tree.blocks[i].state_type() == Some(OffloadStateType::Tcp))
+        .collect();
+    for (n, &t) in tcps.iter().enumerate() {
+        // All of it unsent: SndNxt = SndMax = SndUna (C-057).
+        if let Some(QueriedState::Tcp {
+            delegated: Some(d), ..
+        }) = tree.blocks[t].state.as_mut()
+        {
+            d.snd_nxt = d.snd_una;
+            d.snd_max = d.snd_una;
+        }
+        let mut nbl = NetBufferList::with_data(90 + n as u64, b"unsent data");
+        nbl.status = NdisStatus(0x1234_5678);
+        tree.blocks[t].net_buffer_list_chain = vec![nbl];
+    }
+    let done = ndis.call(OpKind::Initiate, tree.clone()).expect("initiate");
+    let (ok, failed): (Vec<usize>, Vec<usize>) = tcps
         .iter()
-        .all(|b| b.status == NdisStatus::FAILURE));
+        .partition(|&&t| done.tree.blocks[t].status == NdisStatus::SUCCESS);
     assert_eq!(
-        done.tree.blocks[t].net_buffer_list_chain,
-        vec![nbl],
-        "NBLs untouched"
+        (ok.len(), failed.len()),
+        (1, 1),
+        "one TCP in, one over the limit: {:?}",
+        done.tree
+            .blocks
+            .iter()
+            .map(|b| b.status)
+            .collect::<Vec<_>>()
+    );
+    let f = failed[0];
+    assert_eq!(done.tree.blocks[f].status, NdisStatus::OFFLOAD_TCP_ENTRIES);
+    assert_eq!(
+        done.tree.blocks[f].net_buffer_list_chain, tree.blocks[f].net_buffer_list_chain,
+        "C-045: the failed block's NBLs untouched"
     );
     assert!(
-        !ndis
-            .model
-            .log
-            .iter()
-            .any(|c| matches!(c, Callback::SendComplete(_))),
+        done.tree.blocks[ok[0]].net_buffer_list_chain.is_empty(),
+        "the offloaded block's send data was taken over"
+    );
+    let failed_id = tree.blocks[f].net_buffer_list_chain[0].id;
+    assert!(
+        !ndis.model.log.iter().any(|c| matches!(
+            c,
+            Callback::SendComplete(v) if v.iter().any(|n| n.id == failed_id)
+        )),
         "C-045: no send completion for a failed offload"
     );
-    assert_eq!(ndis.adapter.offloaded(), 0);
 }

@@ -173,6 +173,9 @@ struct PendingNbl {
     bytes: u32,
     /// Disconnect: user bytes that went out as a SEND first.
     disconnect_data: u32,
+    /// Send data handed over at initiate (no ring request: acknowledged when a later send
+    /// or a graceful disconnect completes, or accounted at upload; C-060).
+    initial: bool,
 }
 
 /// Data-I/O state: the data pairs and the NBLs in flight on them.
@@ -515,6 +518,7 @@ where
                 status: NdisStatus::SUCCESS,
                 bytes: 0,
                 disconnect_data: 0,
+                initial: false,
             },
         );
         key
@@ -580,6 +584,8 @@ where
                 .net_buffers
                 .first()
                 .map_or(0, |nb| nb.data_length.saturating_sub(skip));
+            // Refused data is served here (earlier postings already took their share
+            // when it was refused, see `serve_leftovers`).
             let left = self.io.leftovers.remove(&ctx).unwrap_or_default();
             if !left.is_empty() || capacity == 0 {
                 // Served here: from the refused data, or a zero-byte posting that only
@@ -718,7 +724,31 @@ where
             return; // late answer for an NBL already completed (e.g. handed back at upload)
         };
         let Some(key) = key else { return };
+        // In-order acknowledgement: a later send (or a graceful disconnect) that completed
+        // with SUCCESS means the data handed over at initiate was acknowledged first.
+        let acked_all = rec.status == NdisStatus::SUCCESS
+            && matches!(
+                rec.kind,
+                DataRxKind::SendComplete | DataRxKind::DisconnectComplete
+            );
+        if acked_all {
+            if let Some(ctx) = self.io.nbls.get(&key).map(|p| p.ctx) {
+                self.complete_initial(ctx);
+            }
+        }
         let Some(p) = self.io.nbls.get_mut(&key) else {
+            // A posting the miniport already completed from refused data: what the device
+            // put in it is newer than anything delivered so far; it queues for the next
+            // posting.
+            if rec.kind == DataRxKind::ReceiveComplete && !rec.data.is_empty() {
+                if let Some((ctx, _)) = rec.handle.and_then(|h| self.contexts.find_device(h)) {
+                    self.io
+                        .leftovers
+                        .entry(ctx)
+                        .or_default()
+                        .extend_from_slice(&rec.data);
+                }
+            }
             return;
         };
         let status = if rec.kind == DataRxKind::Error {
@@ -733,8 +763,22 @@ where
             DataRxKind::SendComplete => p.bytes = p.bytes.saturating_add(rec.bytes),
             DataRxKind::ReceiveComplete => {
                 let skip = p.nbl.info.tcp_receive_bytes_transferred as usize;
-                if let Some(nb) = p.nbl.net_buffers.first_mut() {
-                    p.bytes = fill_nb(nb, skip, &rec.data) as u32;
+                // Data the host refused earlier is older than this completion's: it goes
+                // first and this data queues behind it (arrival order, C-177).
+                let data = match self.io.leftovers.remove(&p.ctx) {
+                    Some(mut older) => {
+                        older.extend_from_slice(&rec.data);
+                        older
+                    }
+                    None => rec.data,
+                };
+                let placed = match p.nbl.net_buffers.first_mut() {
+                    Some(nb) => fill_nb(nb, skip, &data),
+                    None => 0,
+                };
+                p.bytes = placed as u32;
+                if placed < data.len() {
+                    self.io.leftovers.insert(p.ctx, data[placed..].to_vec());
                 }
             }
             DataRxKind::DisconnectComplete if status == NdisStatus::SUCCESS => {
@@ -814,13 +858,78 @@ where
             };
             self.io.leftovers.insert(ctx, rec.data[taken..].to_vec());
             give_back(&mut self.io);
+            self.serve_leftovers(ctx);
         }
     }
 
-    /// At a successful terminate of TCP context `ctx`: outstanding sends go back to the host
-    /// in the block's `NetBufferListChain`, in posting order (§3.5.4); receives, disconnects
-    /// and forwards complete with UPLOAD_IN_PROGRESS before the terminate completes (§3.5.6).
-    fn upload_io(&mut self, ctx: u64) -> Vec<NetBufferList> {
+    /// Refused data goes into the connection's postings that are still at the device, in
+    /// posting order, completing them now (C-172: a normal posting is filled before any
+    /// new indication). The device's later completion of such a posting carries newer data,
+    /// which queues behind (see `data_record`).
+    fn serve_leftovers(&mut self, ctx: u64) {
+        let keys: Vec<u64> = self
+            .io
+            .nbls
+            .iter()
+            .filter(|(_, p)| p.ctx == ctx && p.kind == IoKind::Receive)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let Some(left) = self.io.leftovers.remove(&ctx).filter(|l| !l.is_empty()) else {
+                return;
+            };
+            let Some(mut p) = self.io.nbls.remove(&k) else {
+                continue;
+            };
+            let skip = p.nbl.info.tcp_receive_bytes_transferred as usize;
+            let n = match p.nbl.net_buffers.first_mut() {
+                Some(nb) => fill_nb(nb, skip, &left),
+                None => 0,
+            };
+            if n < left.len() {
+                self.io.leftovers.insert(ctx, left[n..].to_vec());
+            }
+            p.status = NdisStatus::SUCCESS;
+            p.bytes = n as u32;
+            self.finish(p);
+        }
+    }
+
+    /// Complete the send data handed over at initiate for `ctx` as acknowledged.
+    fn complete_initial(&mut self, ctx: u64) {
+        let keys: Vec<u64> = self
+            .io
+            .nbls
+            .iter()
+            .filter(|(_, p)| p.ctx == ctx && p.initial)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(mut p) = self.io.nbls.remove(&k) {
+                p.bytes = p.nbl.data_length() as u32;
+                self.finish(p);
+            }
+        }
+    }
+
+    /// At a successful terminate of TCP context `ctx` (device handle `h`), with the
+    /// device's unacknowledged send bytes `unacked` (UPLOAD_DATA; 0 without one): send
+    /// NBLs whose data was all acknowledged complete with SUCCESS; the rest go back to the
+    /// host in the block's `NetBufferListChain`, in posting order, the first advanced to
+    /// SndUna (§3.5.4, C-057); receives, disconnects and forwards complete with
+    /// UPLOAD_IN_PROGRESS — all before the terminate completes (§3.5.6).
+    fn upload_io(&mut self, ctx: u64, h: DeviceHandle, unacked: usize) -> Vec<NetBufferList> {
+        // Requests the device never saw: their bytes are unacknowledged too.
+        let mut unsubmitted = 0usize;
+        self.io.backlog.retain(|(_, r)| {
+            if r.handle() != h {
+                return true;
+            }
+            if let DataRequest::Send { data, .. } = r {
+                unsubmitted += data.len();
+            }
+            false
+        });
         let keys: Vec<u64> = self
             .io
             .nbls
@@ -829,21 +938,46 @@ where
             .map(|(k, _)| *k)
             .collect();
         let mut sends = Vec::new();
+        let mut others = Vec::new();
         for k in keys {
-            if let Some(mut p) = self.io.nbls.remove(&k) {
+            if let Some(p) = self.io.nbls.remove(&k) {
                 self.io.requests.retain(|_, v| *v != Some(k));
                 if p.kind == IoKind::Send {
-                    p.nbl.status = NdisStatus::UPLOAD_IN_PROGRESS;
-                    sends.push(p.nbl);
+                    sends.push(p);
                 } else {
-                    p.status = NdisStatus::UPLOAD_IN_PROGRESS;
-                    p.bytes = 0;
-                    self.finish(p);
+                    others.push(p);
                 }
             }
         }
+        let total: usize = sends.iter().map(|p| p.nbl.data_length()).sum();
+        let mut acked = total.saturating_sub(unacked.saturating_add(unsubmitted));
+        let mut back = Vec::new();
+        for mut p in sends {
+            let len = p.nbl.data_length();
+            if len > 0 && acked >= len {
+                acked -= len;
+                p.status = NdisStatus::SUCCESS;
+                p.bytes = len as u32;
+                self.finish(p);
+                continue;
+            }
+            // Partly acknowledged: the returned chain starts at SndUna.
+            let mut skip = core::mem::take(&mut acked);
+            for nb in p.nbl.net_buffers.iter_mut() {
+                let n = skip.min(nb.data_length);
+                nb.advance_data_start(n);
+                skip -= n;
+            }
+            p.nbl.status = NdisStatus::UPLOAD_IN_PROGRESS;
+            back.push(p.nbl);
+        }
+        for mut p in others {
+            p.status = NdisStatus::UPLOAD_IN_PROGRESS;
+            p.bytes = 0;
+            self.finish(p);
+        }
         self.io.leftovers.remove(&ctx);
-        sends
+        back
     }
 
     // ------------------------------------------------------------ OIDs, pause, halt
@@ -999,7 +1133,12 @@ where
                     self.complete(ndis, r.kind, r.root);
                     progress = true;
                 }
-                Ok(plan) => match self.control.submit(&self.platform, plan.body.clone()) {
+                Ok(plan) => match if plan.data.is_empty() {
+                    self.control.submit(&self.platform, plan.body.clone())
+                } else {
+                    self.control
+                        .submit_with_data(&self.platform, plan.body.clone(), &plan.data)
+                } {
                     Ok(request_id) => {
                         self.pending.push(Pending {
                             kind: r.kind,
@@ -1216,6 +1355,14 @@ where
                                     cx.state = ObjState::Live;
                                 }
                                 b.miniport_offload_context = Some(id);
+                                // The send data is the OT's now, until acknowledged or
+                                // returned at upload (C-060); on failure it stays (C-045).
+                                for nbl in core::mem::take(&mut b.net_buffer_list_chain) {
+                                    let key = self.track(IoKind::Send, id, nbl, 0);
+                                    if let Some(p) = self.io.nbls.get_mut(&key) {
+                                        p.initial = true;
+                                    }
+                                }
                             }
                             // Failed (or a device handle that cannot be right): leave the
                             // host's location untouched (C-040).
@@ -1250,8 +1397,23 @@ where
                             }
                             let tcp = self.contexts.get(v).map(|c| c.layer)
                                 == Some(chimney_abi::Layer::Tcp);
-                            if tcp {
-                                let sends = self.upload_io(v);
+                            let device = self.contexts.get(v).and_then(|c| c.device);
+                            if let (true, Some(h)) = (tcp, device) {
+                                let up = self.control.take_events_where(|e| {
+                                    e.class == EventClass::TcpEvent
+                                        && e.code == tcp_event::UPLOAD_DATA
+                                        && e.handle == Some(h)
+                                });
+                                let unacked = up
+                                    .iter()
+                                    .rev()
+                                    .filter_map(|e| {
+                                        chimney_abi::data_io::parse_upload_data(&e.payload).ok()
+                                    })
+                                    .map(|d| d.send.len())
+                                    .next()
+                                    .unwrap_or(0);
+                                let sends = self.upload_io(v, h, unacked);
                                 if !sends.is_empty() {
                                     b.net_buffer_list_chain = sends;
                                 }

@@ -41,7 +41,7 @@ pub enum Refusal {
     UnknownContext { block: usize },
     /// The object is already being terminated (double terminate).
     AlreadyTerminating { block: usize },
-    /// Send data at offload: ABI v1 has no ring record for it (documented limitation).
+    /// Send data (`NetBufferListChain`) on a block that is not a new TCP offload.
     SendDataUnsupported { block: usize },
     /// The ring tree violates the ABI's layer rules.
     LayerOrder,
@@ -57,6 +57,9 @@ pub struct Plan {
     pub reserved: Vec<Option<u64>>,
     /// Contexts marked Terminating (terminate), to commit or roll back.
     pub terminating: Vec<u64>,
+    /// Initiate: send data of new TCP blocks for the ring's data trailer (§16.4):
+    /// the bytes from SndUna on, i.e. the NBL chain's data in order (C-057).
+    pub data: Vec<chimney_abi::data_io::TcpData>,
 }
 
 fn full_state(q: &QueriedState) -> Option<ObjectState> {
@@ -130,6 +133,7 @@ pub fn translate(kind: OpKind, tree: &BlockTree, ctxs: &mut Contexts) -> Result<
         order: order.clone(),
         reserved: vec![None; order.len()],
         terminating: Vec::new(),
+        data: Vec::new(),
     };
     // Checks first, so a refusal leaves no context changed.
     for &i in &order {
@@ -149,7 +153,8 @@ pub fn translate(kind: OpKind, tree: &BlockTree, ctxs: &mut Contexts) -> Result<
         }
         match (kind, b.miniport_offload_context) {
             (OpKind::Initiate, Some(0)) => {
-                if !b.net_buffer_list_chain.is_empty() {
+                // Send data travels only with a new TCP object (§3.1.5).
+                if !b.net_buffer_list_chain.is_empty() && ty != OffloadStateType::Tcp {
                     return Err(Refusal::SendDataUnsupported { block: i });
                 }
                 let s = b
@@ -205,6 +210,18 @@ pub fn translate(kind: OpKind, tree: &BlockTree, ctxs: &mut Contexts) -> Result<
                         let s = b.state.as_ref().and_then(full_state);
                         let id = ctxs.reserve(ty.layer(), b.ndis_offload_handle);
                         plan.reserved[k] = Some(id);
+                        if !b.net_buffer_list_chain.is_empty() {
+                            let send: Vec<u8> = b
+                                .net_buffer_list_chain
+                                .iter()
+                                .flat_map(|n| n.net_buffers.iter().flat_map(|nb| nb.data()))
+                                .collect();
+                            plan.data.push(chimney_abi::data_io::TcpData {
+                                block: k as u32,
+                                send,
+                                buffered: Vec::new(),
+                            });
+                        }
                         match s {
                             Some(s) => (InitiateBlock::New(s), id),
                             None => return Err(Refusal::State { block: i }),
