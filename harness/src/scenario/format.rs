@@ -491,6 +491,9 @@ pub enum Step {
     },
     /// No event is pending now.
     ExpectNoEvents {
+        /// Quiet period to listen for a stray event, in ms (default 200, at most 10000).
+        #[serde(default = "quiet_ms")]
+        wait_ms: u32,
         #[serde(default)]
         verifies: Vec<ItemId>,
     },
@@ -572,6 +575,9 @@ pub enum Step {
     },
 }
 
+fn quiet_ms() -> u32 {
+    200
+}
 fn yes() -> bool {
     true
 }
@@ -616,7 +622,7 @@ impl Step {
             | Step::Invalidate { verifies, .. }
             | Step::Terminate { verifies, .. }
             | Step::ExpectEvents { verifies, .. }
-            | Step::ExpectNoEvents { verifies }
+            | Step::ExpectNoEvents { verifies, .. }
             | Step::BadRequest { verifies, .. }
             | Step::Open { verifies, .. }
             | Step::OffloadConnection { verifies, .. }
@@ -947,6 +953,9 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
             }
             Step::Send { bytes, .. } | Step::Receive { bytes, .. } if *bytes == 0 => {
                 return bad("bytes", "0 is impossible: at least 1 byte".into());
+            }
+            Step::ExpectNoEvents { wait_ms, .. } if *wait_ms > 10_000 => {
+                return bad("wait_ms", format!("{wait_ms} is impossible: at most 10000"));
             }
             Step::Open { port, .. } if *port == 0 => {
                 return bad("port", "0 is impossible: 1..=65535".into());

@@ -1689,17 +1689,20 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
             count,
             ..
         } => step_expect_events(w, *kind, reason.map(|r| r as u32), objects, *count, &items),
-        Step::ExpectNoEvents { .. } => match w.drain_events() {
-            Err(e) => Err(e),
-            Ok(()) => match w.events.pop_front() {
-                Some(e) => Err(format!(
-                    "expected no pending event, seen {}{}",
-                    describe_event(w, &e),
-                    cite(&items)
-                )),
-                None => Ok("no event pending".into()),
-            },
-        },
+        Step::ExpectNoEvents { wait_ms, .. } => {
+            let quiet = Duration::from_millis(u64::from(*wait_ms));
+            match w.poll_events(quiet) {
+                Err(e) => Err(e),
+                Ok(_) => match w.events.pop_front() {
+                    Some(e) => Err(format!(
+                        "expected no event, seen {}{}",
+                        describe_event(w, &e),
+                        cite(&items)
+                    )),
+                    None => Ok(format!("no event within {quiet:?}")),
+                },
+            }
+        }
         Step::BadRequest {
             kind,
             object,
@@ -2026,7 +2029,8 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         report.steps.extend(not_run(sc, from));
     }
     w.monitor.step = None;
-    let _ = w.drain_events();
+    // Listen a moment for stray events (e.g. one after a terminate, C-114).
+    let _ = w.poll_events(Duration::from_millis(200));
     cleanup(&mut w);
     report.violations = std::mem::take(&mut w.monitor.violations);
     report.marks = std::mem::take(&mut w.marks);
