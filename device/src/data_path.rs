@@ -209,8 +209,10 @@ impl DataPath {
         self.policy.tune(&mut cfg);
         // Room for the imported data plus a window's worth of new sends.
         let sd = export.tcp.send_data.len();
-        cfg.tcp.send_buffer = (sd + (1 << 20)).next_power_of_two();
-        cfg.tcp.recv_buffer = (export.tcp.buffered_data.len() + (1 << 20)).next_power_of_two();
+        // Room for the imported data plus 512 KiB (windows scale; thousands of connections
+        // must fit in memory).
+        cfg.tcp.send_buffer = (sd + (512 << 10)).next_power_of_two();
+        cfg.tcp.recv_buffer = (export.tcp.buffered_data.len() + (512 << 10)).next_power_of_two();
         let mut engine = Engine::new(cfg, now)?;
         let mut import = export.clone();
         // The engine keeps the in-flight part (SndUna..SndMax) itself; the rest of the send
@@ -247,7 +249,7 @@ impl DataPath {
             aborted: false,
             disconnect: None,
             blocked: false,
-            scratch: vec![0; 64 << 10],
+            scratch: vec![0; 16 << 10],
         };
         c.feed();
         self.by_key.insert(key, handle);

@@ -160,6 +160,68 @@ impl HostStack {
         Ok((handles, export))
     }
 
+    /// Offload many connections to the same peer in one bulk tree: neighbor → path → one TCP
+    /// block per connection (the Windows logo requirement: 1024 in one tree). Returns the TCP
+    /// handles (in `conns` order), the path and neighbor handles, and the exports.
+    pub fn offload_many(
+        &mut self,
+        session: &mut ControlSession,
+        conns: &[ConnHandle],
+        host_context: u64,
+    ) -> Result<(Vec<DeviceHandle>, [DeviceHandle; 2], Vec<ConnectionExport>)> {
+        let now = self.now();
+        let mut exports = Vec::with_capacity(conns.len());
+        for c in conns {
+            exports.push(self.engine.export(now, *c).map_err(|e| err("export", e))?);
+        }
+        self.flush_tx(now)?;
+        let first = exports
+            .first()
+            .ok_or_else(|| err("offload_many", "no connections"))?;
+        let (mut n, p, _, _) = conversion::from_export(first);
+        n.konst.dl_source_address = [0; 32];
+        let mut b = TreeBuilder::new_object(host_context, ObjectState::Neighbor(n));
+        let pb = b.new_dependent(0, host_context + 1, ObjectState::Path(p));
+        let mut data = Vec::new();
+        let mut blocks = Vec::new();
+        for (i, e) in exports.iter().enumerate() {
+            let (_, _, t, mut d) = conversion::from_export(e);
+            let tb = b.new_dependent(pb, host_context + 2 + i as u64, ObjectState::Tcp(t));
+            if !d.send.is_empty() || !d.buffered.is_empty() {
+                d.block = tb;
+                data.push(d);
+            }
+            blocks.push(tb);
+        }
+        let bytes = Request {
+            request_id: 0x0ff1_0ad1,
+            body: RequestBody::Initiate(b.build()),
+        }
+        .encode_with_data(&data);
+        let c = session.call_bytes(&bytes, &[])?;
+        let CompletionBody::Initiate(r) = &c.body else {
+            return Err(err("bulk initiate", format!("unexpected completion {c:?}")));
+        };
+        let handle = |i: u32| {
+            r.get(i as usize)
+                .filter(|r| r.status == NdisStatus::SUCCESS)
+                .and_then(|r| r.handle)
+                .ok_or_else(|| {
+                    err(
+                        "bulk initiate",
+                        format!("block {i}: {:?}", r.get(i as usize)),
+                    )
+                })
+        };
+        let mut tcp = Vec::with_capacity(blocks.len());
+        for (tb, e) in blocks.iter().zip(&exports) {
+            let h = handle(*tb)?;
+            self.offloaded.insert(key_of(e), h);
+            tcp.push(h);
+        }
+        Ok((tcp, [handle(pb)?, handle(0)?], exports))
+    }
+
     /// Terminate a connection offloaded with [`HostStack::offload`] (handles of the tree's
     /// TCP, path and neighbor) and continue it in this engine: the delegated state from the
     /// completion, the other layers as exported, the data from the UPLOAD_DATA event. Other
