@@ -192,6 +192,8 @@ struct DataIo {
     indicated: BTreeMap<u64, (usize, DeviceHandle)>,
     /// Data the host refused (C-171/C-172), per context: goes into the next posted buffers.
     leftovers: BTreeMap<u64, Vec<u8>>,
+    /// BufferedData NBLs handed back at terminate, until the host returns them.
+    returned_buffered: alloc::collections::BTreeSet<u64>,
 }
 
 impl DataIo {
@@ -680,6 +682,9 @@ where
     /// window); anything else is counted as a host violation.
     pub fn tcp_offload_receive_return(&mut self, nbls: Vec<NetBufferList>) -> NdisStatus {
         for n in nbls {
+            if self.io.returned_buffered.remove(&n.id) {
+                continue; // BufferedData of a terminate, copied by the host (§3.5.5)
+            }
             match self.io.indicated.remove(&n.id) {
                 Some((pair, handle)) => self.io.backlog.push_back((
                     pair,
@@ -1404,18 +1409,26 @@ where
                                         && e.code == tcp_event::UPLOAD_DATA
                                         && e.handle == Some(h)
                                 });
-                                let unacked = up
+                                let upload = up
                                     .iter()
                                     .rev()
-                                    .filter_map(|e| {
+                                    .find_map(|e| {
                                         chimney_abi::data_io::parse_upload_data(&e.payload).ok()
                                     })
-                                    .map(|d| d.send.len())
-                                    .next()
-                                    .unwrap_or(0);
-                                let sends = self.upload_io(v, h, unacked);
+                                    .unwrap_or_default();
+                                // Undelivered data: what the host refused earlier (older),
+                                // then what the device still held (§3.5.5).
+                                let mut buffered = self.io.leftovers.remove(&v).unwrap_or_default();
+                                buffered.extend_from_slice(&upload.buffered);
+                                let sends = self.upload_io(v, h, upload.send.len());
                                 if !sends.is_empty() {
                                     b.net_buffer_list_chain = sends;
+                                }
+                                if !buffered.is_empty() {
+                                    let id = self.io.id();
+                                    self.io.returned_buffered.insert(id);
+                                    b.buffered_data =
+                                        alloc::vec![NetBufferList::with_data(id, &buffered)];
                                 }
                             }
                             self.contexts.release(v);

@@ -51,6 +51,11 @@ pub struct BlockList {
     pub port_number: u32,
     /// Send data travelling with the operation (`NetBufferListChain`).
     pub net_buffer_list_chain: Vec<NetBufferList>,
+    /// TCP terminate: `TCP_OFFLOAD_STATE_DELEGATED.BufferedData` — received, acknowledged,
+    /// undelivered data the OT hands back (§3.5.5). The delegated structure of
+    /// chimney-abi carries no pointers, so the chain lives here. The host returns these NBLs
+    /// with `MiniportTcpOffloadReceiveReturn` after copying them.
+    pub buffered_data: Vec<NetBufferList>,
     /// The structures that follow the block in memory (§2.11): which of const / cached /
     /// delegated are present is what the host put there (query: filled by the miniport).
     pub state: Option<QueriedState>,
@@ -78,6 +83,7 @@ impl BlockList {
             source_handle: 0,
             port_number: 0,
             net_buffer_list_chain: Vec::new(),
+            buffered_data: Vec::new(),
             state: None,
         }
     }
@@ -102,6 +108,7 @@ impl BlockList {
         self.miniport_reserved = [p; 2];
         self.scratch = [p; 2];
         self.net_buffer_list_chain.clear();
+        self.buffered_data.clear();
         self.state = None;
     }
 }
