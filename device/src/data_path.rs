@@ -564,7 +564,11 @@ impl DataPath {
                 None
             }
         };
-        while let Some(t) = c.engine.poll_transmit(now) {
+        // The owed ACK goes out first (C-118), unless transmission is stopped (C-100).
+        while !c.blocked {
+            let Some(t) = c.engine.poll_transmit(now) else {
+                break;
+            };
             wire(&t);
         }
         // Undelivered received data: what posted buffers hold (not completed), then what the

@@ -1,7 +1,8 @@
 //! Issue 4, "Must show" 4 (first part): 1024 connections offloaded in one bulk tree (the
 //! Windows logo requirement; C-035, C-039), each moving data both ways concurrently through
-//! the data rings against the Linux peer, then terminate-all in one tree with every
-//! connection's live delegated state returned (C-111, C-112). Needs root.
+//! the data rings against the Linux peer, then a neighbor invalidate that stops all of them
+//! at once (C-094, C-100), then terminate-all in one tree with every connection's live
+//! delegated state returned (C-111, C-112). Needs root.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -223,6 +224,41 @@ fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_sta
         .expect("peer result");
     assert!(bad.is_empty(), "peer saw wrong bytes on ports {bad:?}");
 
+    // Invalidate the neighbor: every dependent connection stops transmitting at once
+    // (C-094, C-100). Then 4 KiB more is sent on each: none of it may reach the wire, so
+    // the states returned below still have SndMax where the first 16 KiB left it.
+    let c = session
+        .call(RequestBody::Invalidate(Tree {
+            blocks: vec![Block {
+                state_type: OffloadStateType::Neighbor,
+                next: None,
+                dependent: None,
+                host_context: 0,
+                body: chimney_abi::RefBlock::Object(neighbor),
+            }],
+        }))
+        .expect("invalidate neighbor");
+    assert_eq!(c.status, NdisStatus::SUCCESS, "invalidate: {c:?}");
+    for (i, h) in tcp.iter().enumerate() {
+        let req = DataRequest::Send {
+            handle: *h,
+            request_id: (2 << 32) | i as u64,
+            data: vec![0xEE; 4096],
+        };
+        loop {
+            match data.submit(&*platform, &req) {
+                Ok(()) => break,
+                Err(DataError::NoFreeSlot(_)) => {
+                    data.poll(&*platform).expect("data poll");
+                    if let Some(r) = data.next_record() {
+                        panic!("a send completed while the neighbor is invalid: {r:?}");
+                    }
+                }
+                Err(e) => panic!("submit: {e}"),
+            }
+        }
+    }
+
     // Terminate everything in one tree; every TCP block returns its live state.
     let term = |h, st| Block {
         state_type: st,
@@ -260,14 +296,16 @@ fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_sta
         let Some(DelegatedState::Tcp(d)) = r.state else {
             panic!("TCP block {i}: no delegated state: {r:?}");
         };
+        let moved = e.tcp.delegated.snd_una.wrapping_add(EACH as u32);
         assert_eq!(
-            (d.state, d.snd_una, d.rcv_nxt),
+            (d.state, d.snd_una, d.snd_max, d.rcv_nxt),
             (
                 chimney_abi::TcpConnectionState::Established,
-                e.tcp.delegated.snd_una.wrapping_add(EACH as u32),
+                moved,
+                moved,
                 e.tcp.delegated.rcv_nxt.wrapping_add(EACH as u32)
             ),
-            "connection {i}: live state after 16 KiB each way"
+            "connection {i}: live state after 16 KiB each way, nothing sent after invalidate"
         );
     }
     let _ = done_tx.send(());
