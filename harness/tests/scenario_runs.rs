@@ -159,3 +159,35 @@ disconnect = {{ conn = "c", kind = "graceful", peer_sha256 = "{wrong}", verifies
         );
     }
 }
+
+/// Planted device fault (issue 4's policy `[bugs] event_after_terminate`): the harness
+/// reports C-114 with what it saw; the same scenario against a correct target passes.
+#[test]
+fn planted_event_after_terminate_is_reported_as_c114() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/planted");
+    let opts = opts();
+    let good = scenario::load(&dir.join("correct-target.toml")).expect("loads");
+    let r = run_scenario(&good, &opts);
+    assert_eq!(
+        r.outcome,
+        Outcome::Passed,
+        "correct target must pass:\n{}",
+        r.failure_text()
+    );
+    let bad = scenario::load(&dir.join("event-after-terminate.toml")).expect("loads");
+    let r = run_scenario(&bad, &opts);
+    assert_eq!(
+        r.outcome,
+        Outcome::Failed,
+        "planted fault not caught: {:?}",
+        r.steps
+    );
+    let msg = r.failure_text();
+    for needle in [
+        "step 5 `expect_no_events`",
+        "expected no event, seen TcpEvent",
+        "C-114",
+    ] {
+        assert!(msg.contains(needle), "expected `{needle}` in:\n{msg}");
+    }
+}

@@ -333,7 +333,12 @@ impl Link<'_> {
         match self {
             Link::Ring(s) => {
                 let c = s.call(body).map_err(|e| e.to_string())?;
-                let evs = self.events(Duration::ZERO, handle_of)?;
+                // Only what the driver read while waiting for the completion came before
+                // it; anything read by a later poll came after (judged after the step).
+                let mut evs = Vec::new();
+                while let Some(e) = s.channel.next_event() {
+                    evs.push(e);
+                }
                 Ok(Called {
                     completion: c,
                     events: evs,
