@@ -21,7 +21,6 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::frames::GUEST_MAC;
 use crate::frontend::Vmm;
 use crate::vmm_platform::VmmPlatform;
 
@@ -67,7 +66,11 @@ impl HostStack {
             .map_err(|e| format!("NIC tx queue: {e}"))?;
         let platform = vmm.platform().clone();
         let nic = NicQueues::new(&*platform, rx, tx, 2048).map_err(|e| format!("NIC: {e}"))?;
-        let mut cfg = EngineConfig::new(GUEST_MAC, Some(GUEST_IPV4), Some(GUEST_IPV6));
+        // The host stack is the NIC's own interface and uses the device's MAC: the device
+        // takes an offloaded connection's frames only on that MAC (C-047, C-048), so a
+        // connection the host stack opened must already be known to the peer by it.
+        let mac = chimney_device::DeviceConfig::default().mac;
+        let mut cfg = EngineConfig::new(mac, Some(GUEST_IPV4), Some(GUEST_IPV6));
         cfg.seed = seed;
         let engine = Engine::new(cfg, Instant::ZERO).map_err(|e| format!("engine: {e}"))?;
         Ok(HostStack {
