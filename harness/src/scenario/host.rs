@@ -34,9 +34,28 @@ pub type PeerResult = Result<(u64, [u8; 32]), String>;
 struct HostConn {
     h: ConnHandle,
     peer: Option<JoinHandle<PeerResult>>,
+    /// Commands to the peer thread (write, close, reset, stop/resume reading).
+    cmd: mpsc::Sender<PeerCmd>,
     sent: u64,
     hasher: Sha256,
     rng: ChaCha8Rng,
+    /// The peer's stream seed (`stream_bytes`): what a receive must see.
+    peer_seed: u64,
+    /// Bytes the peer was asked to write so far.
+    peer_writes: u64,
+}
+
+/// What the peer thread is told to do next (the `peer` step and `receive`).
+#[derive(Debug, Clone, Copy)]
+pub enum PeerCmd {
+    /// Write this many more bytes of the peer's seeded stream.
+    Write(u64),
+    /// Half-close after the pending writes (FIN).
+    Close,
+    /// Abortive close now (SO_LINGER 0: RST).
+    Reset,
+    StopReading,
+    ResumeReading,
 }
 
 pub struct HostStack {
@@ -237,6 +256,12 @@ impl HostStack {
             (PEER_IPV4.into(), GUEST_IPV4.into())
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let seed = self.seed
+            ^ name
+                .bytes()
+                .fold(0u64, |a, b| a.rotate_left(5) ^ u64::from(b));
+        let peer_seed = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let (cmd, cmd_rx) = mpsc::channel::<PeerCmd>();
         let peer = if active {
             ns.spawn("peer-accept", move || {
                 let l = match TcpListener::bind(SocketAddr::new(peer_ip, port)) {
@@ -247,7 +272,7 @@ impl HostStack {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                accept_with_limit(&l).and_then(sink)
+                accept_with_limit(&l).and_then(|s| serve(s, cmd_rx, peer_seed))
             })
         } else {
             let _ = ready_tx.send(Ok(()));
@@ -259,7 +284,7 @@ impl HostStack {
                         &SocketAddr::new(our_ip, port),
                         Duration::from_secs(5),
                     ) {
-                        Ok(s) => return sink(s),
+                        Ok(s) => return serve(s, cmd_rx, peer_seed),
                         Err(e) => last = e.to_string(),
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -292,18 +317,17 @@ impl HostStack {
             got.ok_or("passive open: no connection")?
         };
         let tuple = self.engine.tuple(h).map_err(|e| e.to_string())?;
-        let seed = self.seed
-            ^ name
-                .bytes()
-                .fold(0u64, |a, b| a.rotate_left(5) ^ u64::from(b));
         self.conns.insert(
             name.to_string(),
             HostConn {
                 h,
                 peer: Some(peer),
+                cmd,
                 sent: 0,
                 hasher: Sha256::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
+                peer_seed,
+                peer_writes: 0,
             },
         );
         Ok(format!(
@@ -312,6 +336,76 @@ impl HostStack {
             tuple.local,
             tuple.remote
         ))
+    }
+
+    fn conn_mut(&mut self, name: &str) -> Result<&mut HostConn, String> {
+        match self.conns.get_mut(name) {
+            Some(c) => Ok(c),
+            None => self
+                .parked
+                .get_mut(name)
+                .ok_or_else(|| format!("no connection `{name}` (open it first)")),
+        }
+    }
+
+    /// Tell the peer of `name` what to do.
+    pub fn peer(&mut self, name: &str, cmd: PeerCmd) -> Result<(), String> {
+        self.conn_mut(name)?
+            .cmd
+            .send(cmd)
+            .map_err(|_| format!("the peer of `{name}` has already stopped"))
+    }
+
+    /// Ask the peer to write `n` more bytes; returns the SHA-256 those bytes have.
+    pub fn peer_write(&mut self, name: &str, n: u64) -> Result<[u8; 32], String> {
+        let c = self.conn_mut(name)?;
+        let mut h = Sha256::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut at = c.peer_writes;
+        let end = at + n;
+        while at < end {
+            let k = (end - at).min(chunk.len() as u64) as usize;
+            stream_bytes(c.peer_seed, at, &mut chunk[..k]);
+            h.update(&chunk[..k]);
+            at += k as u64;
+        }
+        c.peer_writes = end;
+        c.cmd
+            .send(PeerCmd::Write(n))
+            .map_err(|_| format!("the peer of `{name}` has already stopped"))?;
+        Ok(h.finalize().into())
+    }
+
+    /// Receive `n` bytes on host-stack connection `name` through the engine; their SHA-256.
+    pub fn receive(&mut self, name: &str, n: u64) -> Result<[u8; 32], String> {
+        let h = self
+            .conns
+            .get(name)
+            .map(|c| c.h)
+            .ok_or_else(|| format!("no host-stack connection `{name}` (open it first)"))?;
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        self.pump(&format!("receive {n} bytes on `{name}`"), |engine, _| {
+            while got < n {
+                let want = (n - got).min(buf.len() as u64) as usize;
+                match engine.recv(h, &mut buf[..want]) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(k) => {
+                        hasher.update(&buf[..k]);
+                        got += k as u64;
+                    }
+                }
+            }
+            true
+        })?;
+        Ok(hasher.finalize().into())
+    }
+
+    /// Forget an offloaded connection that ended in the device (e.g. the peer reset it):
+    /// nothing comes back into the host stack.
+    pub fn forget(&mut self, name: &str) {
+        self.parked.remove(name);
     }
 
     /// Send `bytes` seeded bytes on `name` through the host stack.
@@ -388,13 +482,16 @@ fn check_peer(
     {
         let sent_sha: [u8; 32] = c.hasher.finalize().into();
         if !graceful {
-            return Ok(format!(
-                "aborted; the peer stopped with {}",
-                match &seen {
-                    Ok((n, _)) => format!("EOF after {n} bytes"),
-                    Err(e) => e.clone(),
-                }
-            ));
+            // An abortive close sends RST (C-181): the peer's read fails with a reset.
+            return match &seen {
+                Err(e) if e.contains("reset") => Ok(format!("aborted; the peer saw: {e}")),
+                Ok((n, _)) => Err(format!(
+                    "abortive close: expected the peer to see a reset, seen EOF after {n} bytes"
+                )),
+                Err(e) => Err(format!(
+                    "abortive close: expected the peer to see a reset, seen: {e}"
+                )),
+            };
         }
         let (n, sha) = seen.map_err(|e| format!("peer: {e}"))?;
         let want = expect_sha256.map_or_else(|| hex(&sent_sha), |s| s.to_ascii_lowercase());
@@ -454,21 +551,130 @@ fn accept_with_limit(l: &TcpListener) -> Result<TcpStream, String> {
     }
 }
 
-/// Read to EOF; bytes and SHA-256.
-fn sink(mut s: TcpStream) -> PeerResult {
-    s.set_read_timeout(Some(STEP_LIMIT))
-        .map_err(|e| e.to_string())?;
-    let mut h = Sha256::new();
-    let mut n = 0u64;
+/// Longest the peer waits without any progress or command (a bound against hangs; the
+/// host dropping its command sender ends the peer at once).
+const PEER_IDLE_LIMIT: Duration = Duration::from_secs(300);
+
+/// The peer: reads (unless told to stop) until EOF, writes its seeded stream when told,
+/// closes or resets when told. Returns the bytes it read and their SHA-256.
+fn serve(s: TcpStream, cmds: mpsc::Receiver<PeerCmd>, seed: u64) -> PeerResult {
+    use std::io::Write;
+    use std::sync::mpsc::TryRecvError;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut offset = 0u64;
+    let (mut h, mut n) = (Sha256::new(), 0u64);
+    let (mut reading, mut eof) = (true, false);
+    let (mut close_after, mut closed) = (false, false);
+    let mut to_write = 0u64;
+    let (mut out, mut out_at) = (Vec::new(), 0usize);
     let mut buf = vec![0u8; 64 << 10];
+    let mut idle_since = std::time::Instant::now();
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => return Ok((n, h.finalize().into())),
-            Ok(k) => {
-                h.update(&buf[..k]);
-                n += k as u64;
+        let mut progress = false;
+        loop {
+            match cmds.try_recv() {
+                Ok(c) => {
+                    progress = true;
+                    match c {
+                        PeerCmd::Write(k) => to_write += k,
+                        PeerCmd::Close => close_after = true,
+                        PeerCmd::Reset => {
+                            reset_on_drop(&s)?;
+                            return Ok((n, h.finalize().into()));
+                        }
+                        PeerCmd::StopReading => reading = false,
+                        PeerCmd::ResumeReading => reading = true,
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    return Err(format!("the host went away after {n} bytes"))
+                }
             }
-            Err(e) => return Err(format!("peer read after {n} bytes: {e}")),
         }
+        if out_at == out.len() && to_write > 0 {
+            let k = to_write.min(64 << 10) as usize;
+            out.resize(k, 0);
+            stream_bytes(seed, offset, &mut out);
+            offset += k as u64;
+            out_at = 0;
+            to_write -= k as u64;
+        }
+        if out_at < out.len() {
+            match (&s).write(&out[out_at..]) {
+                Ok(k) => {
+                    out_at += k;
+                    progress |= k > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("peer write: {e}")),
+            }
+        }
+        let written = out_at == out.len() && to_write == 0;
+        if close_after && !closed && written {
+            s.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| format!("peer shutdown: {e}"))?;
+            closed = true;
+        }
+        if reading && !eof {
+            match (&s).read(&mut buf) {
+                Ok(0) => eof = true,
+                Ok(k) => {
+                    h.update(&buf[..k]);
+                    n += k as u64;
+                    progress = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("peer read after {n} bytes: {e}")),
+            }
+        }
+        if eof && written {
+            return Ok((n, h.finalize().into()));
+        }
+        if progress {
+            idle_since = std::time::Instant::now();
+        } else if idle_since.elapsed() > PEER_IDLE_LIMIT {
+            return Err(format!("peer idle for {PEER_IDLE_LIMIT:?} after {n} bytes"));
+        } else {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+}
+
+/// Bytes `offset..offset + out.len()` of the seeded stream `seed`, however it is cut into
+/// pieces (the peer writes in whatever pieces its socket takes).
+pub fn stream_bytes(seed: u64, offset: u64, out: &mut [u8]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_word_pos(u128::from(offset / 4));
+    let skip = (offset % 4) as usize;
+    let mut tmp = vec![0u8; out.len() + skip];
+    rng.fill_bytes(&mut tmp);
+    out.copy_from_slice(&tmp[skip..]);
+}
+
+/// SO_LINGER {on, 0}: closing the socket sends RST instead of FIN.
+fn reset_on_drop(s: &TcpStream) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized linger struct.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer SO_LINGER: {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }

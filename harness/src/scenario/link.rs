@@ -561,3 +561,103 @@ impl Link<'_> {
         Ok((st, done))
     }
 }
+
+/// What a posted receive produced: the bytes (in completion order) and any NBL that
+/// completed with a status other than SUCCESS (id, status).
+pub struct Received {
+    pub data: Vec<u8>,
+    pub nbls: usize,
+    pub failed: Vec<(u64, NdisStatus)>,
+    /// C-165: an NBL whose data start did not move past the bytes placed (id, offset, bytes).
+    pub offset_mismatch: Vec<(u64, usize, usize)>,
+}
+
+impl Link<'_> {
+    /// `NdisOffloadTcpReceive`: post buffers of at most 64 KiB (ids from `first_id`, up to
+    /// 8 outstanding) until `bytes` bytes arrived; a buffer that completes partly filled
+    /// (push) is replaced. The posted capacity never exceeds what is still missing, so no
+    /// buffer stays posted after the step.
+    pub fn receive_data(
+        &mut self,
+        ctx: u64,
+        bytes: usize,
+        first_id: u64,
+    ) -> Result<Received, String> {
+        use chimney_miniport::ndis::nbl::{NetBuffer, NetBufferList};
+        let Link::Ndis { ndis, .. } = self else {
+            return Err("data through the miniport needs the NDIS driver".into());
+        };
+        let mut out = Received {
+            data: Vec::with_capacity(bytes),
+            nbls: 0,
+            failed: Vec::new(),
+            offset_mismatch: Vec::new(),
+        };
+        let mut open: Vec<(u64, usize)> = Vec::new();
+        let mut next = first_id;
+        let mut from = ndis.model.log.len();
+        let limit = Instant::now() + DATA_LIMIT;
+        while out.data.len() < bytes {
+            let posted: usize = open.iter().map(|(_, c)| c).sum();
+            let mut missing = bytes - out.data.len() - posted;
+            while missing > 0 && open.len() < 8 {
+                let cap = missing.min(64 << 10);
+                let nbl = NetBufferList {
+                    id: next,
+                    net_buffers: vec![NetBuffer::with_capacity(cap)],
+                    ..Default::default()
+                };
+                let st = ndis.receive(ctx, vec![nbl]).map_err(|e| e.to_string())?;
+                if st != NdisStatus::PENDING {
+                    return Err(format!(
+                        "the receive handler returned {st} for NBL {next:#x}, expected PENDING"
+                    ));
+                }
+                open.push((next, cap));
+                next += 1;
+                missing -= cap;
+            }
+            if Instant::now() > limit {
+                return Err(format!(
+                    "posted receive: {} of {bytes} bytes arrived within {DATA_LIMIT:?}",
+                    out.data.len()
+                ));
+            }
+            ndis.adapter
+                .poll_device(&mut ndis.model, Duration::from_millis(20))
+                .map_err(|e| format!("receive: miniport DPC: {e}"))?;
+            let log_len = ndis.model.log.len();
+            for c in &ndis.model.log[from..log_len] {
+                let Callback::ReceiveComplete(v) = c else {
+                    continue;
+                };
+                for n in v {
+                    open.retain(|(id, _)| *id != n.id);
+                    out.nbls += 1;
+                    if n.status != NdisStatus::SUCCESS {
+                        out.failed.push((n.id, n.status));
+                        continue;
+                    }
+                    let k = n.info.tcp_offload_bytes_transferred as usize;
+                    let Some(nb) = n.net_buffers.first() else {
+                        continue;
+                    };
+                    if nb.data_offset != k {
+                        out.offset_mismatch.push((n.id, nb.data_offset, k));
+                    }
+                    let mut left = k;
+                    for m in &nb.mdls {
+                        let take = left.min(m.data.len());
+                        out.data.extend_from_slice(&m.data[..take]);
+                        left -= take;
+                    }
+                }
+            }
+            from = log_len;
+            if !out.failed.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

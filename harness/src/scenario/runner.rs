@@ -19,6 +19,7 @@ use chimney_abi::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
 
 use super::conformance::{Known, Monitor, RefOp, Role, Violation};
 use super::format::{
@@ -163,34 +164,39 @@ pub fn scenario_seed(master: u64, name: &str) -> u64 {
     h
 }
 
-const DATA_RINGS: &str = "unsupported by this device build: on an offloaded connection this \
-     needs the data I/O rings (issue 4); the runner drives them through the miniport's TCP \
-     handlers when the scenario sets `[device] queue_pairs = 3`";
+const DATA_RINGS: &str = "unsupported by this device build and harness setup: data on an \
+     offloaded connection needs a host-stack connection (`open`, then `offload_connection`) \
+     and a data pair (`[device] queue_pairs = 3`, `driver = \"ndis\"`); objects from \
+     `offload_set`/`offload` have no peer socket to move data with";
 
-/// The step kinds that need the data path (issue 4) or the host-stack driver for it.
+const INDICATED: &str = "unsupported by this harness build: `receive` with `mode = \"indicated\"` \
+     on an offloaded connection needs the NDIS model's receive-indication handler \
+     (harness/src/ndis) to accept data; it refuses every indication \
+     (OFFLOAD_DATA_NOT_ACCEPTED), so the miniport places the data in posted buffers instead";
+
+const GO_SILENT: &str = "unsupported by this harness build: `peer = { action = \"go_silent\" }` \
+     needs the peer's frames dropped at the TAP, which the harness cannot do yet";
+
+/// The step kinds this harness/device build cannot run at all.
 fn unsupported_reason(step: &Step) -> Option<String> {
-    let why = match step {
-        Step::Receive { .. } => {
-            "needs the data I/O rings (queue pairs 2.., issue 4), which this device/harness \
-             build does not have"
-        }
-        Step::Peer { .. } | Step::Impair { .. } => {
-            "needs offloaded connections that move data (issue 4's data path)"
-        }
-        Step::InjectEvent { .. } => {
-            "needs the device's vendor policy (`--policy`, issue 4) to inject events"
-        }
-        _ => return None,
-    };
-    Some(format!("unsupported by this device build: {why}"))
+    match step {
+        Step::InjectEvent { .. } => Some(
+            "unsupported by this harness build: `inject_event` needs a way to make the \
+             device raise an event on demand; the device's `--policy` raises events only \
+             after N bytes (see docs/vendor-guide.md)"
+                .into(),
+        ),
+        Step::Peer {
+            action: super::format::PeerAction::GoSilent,
+            ..
+        } => Some(GO_SILENT.into()),
+        _ => None,
+    }
 }
 
 /// Why a scenario cannot run to the end with this harness/device build, judged from the
 /// file alone (a `[device] policy`, or a step that needs the data path), or None.
 pub fn pending_reason(sc: &Scenario) -> Option<String> {
-    if sc.device.policy.is_some() {
-        return Some("[device] policy needs `chimney-device --policy` (issue 4)".into());
-    }
     // Data on a connection while it is offloaded needs the data rings.
     let mut offloaded = std::collections::HashSet::new();
     for step in &sc.steps {
@@ -209,7 +215,14 @@ pub fn pending_reason(sc: &Scenario) -> Option<String> {
                     offloaded.remove(o);
                 }
             }
-            Step::Send { conn, .. } | Step::Disconnect { conn, .. }
+            Step::Receive {
+                conn,
+                mode: super::format::ReceiveMode::Indicated,
+                ..
+            } if offloaded.contains(conn) => return Some(INDICATED.into()),
+            Step::Send { conn, .. }
+            | Step::Disconnect { conn, .. }
+            | Step::Receive { conn, .. }
                 if offloaded.contains(conn)
                     && (sc.driver == super::format::DriverKind::Ring
                         || sc.device.queue_pairs.unwrap_or(2) < 3) =>
@@ -268,6 +281,8 @@ struct World<'a> {
     /// Every TCP object that was a host-stack connection: its delegated state moves on in
     /// the device (data, close), so a terminate is not compared with the offload-time model.
     host_conns: std::collections::HashSet<String>,
+    /// Offloaded data moved already (an `impair` step after that cannot be honoured).
+    offloaded_data_moved: bool,
     queue_size: u16,
     seed: u64,
     objs: Vec<Obj>,
@@ -1514,6 +1529,7 @@ fn step_offloaded_send(w: &mut World<'_>, conn: &str, bytes: u64, items: &[ItemI
         .take_bytes(conn, n)?;
     w.next_context += 1;
     let first_id = w.next_context << 16;
+    w.offloaded_data_moved = true;
     let (st, done) = w.link.send_data(ctx, &data, first_id)?;
     if st != NdisStatus::PENDING {
         w.monitor.violate(
@@ -1588,6 +1604,93 @@ fn step_offloaded_disconnect(
     Ok(format!("disconnect completed {done}; {r}"))
 }
 
+/// The SHA-256 a receive must see: `sha256` (hex) or, for "peer" / none, what the peer
+/// was asked to write.
+fn wanted_sha(sha256: Option<&str>, peer: &[u8; 32]) -> String {
+    match sha256 {
+        Some(s) if !s.eq_ignore_ascii_case("peer") => s.to_ascii_lowercase(),
+        _ => super::host::hex(peer),
+    }
+}
+
+/// Receive on a host-stack connection: the peer writes `bytes`, the engine reads them.
+fn host_receive(
+    h: &mut super::host::HostStack,
+    conn: &str,
+    bytes: u64,
+    sha256: Option<&str>,
+    items: &[ItemId],
+) -> StepResult {
+    let peer = h.peer_write(conn, bytes)?;
+    let got = h.receive(conn, bytes)?;
+    let want = wanted_sha(sha256, &peer);
+    if super::host::hex(&got) != want {
+        return Err(format!(
+            "receive on `{conn}` (host stack): expected {bytes} bytes with SHA-256 {want}, \
+             seen SHA-256 {}{}",
+            super::host::hex(&got),
+            cite(items)
+        ));
+    }
+    Ok(format!(
+        "{bytes} bytes received in the host stack, SHA-256 {want} as the peer sent"
+    ))
+}
+
+/// Receive on an offloaded connection into buffers posted through the miniport's receive
+/// handler (C-158/C-159): the peer writes `bytes`, the data must arrive byte-exact, in
+/// order, exactly once.
+fn step_offloaded_receive(
+    w: &mut World<'_>,
+    conn: &str,
+    bytes: u64,
+    sha256: Option<&str>,
+    items: &[ItemId],
+) -> StepResult {
+    let i = w.find(conn)?;
+    let ctx = w.objs[i].handle.0;
+    let n = usize::try_from(bytes).map_err(|_| "too many bytes".to_string())?;
+    let peer = w
+        .host
+        .as_mut()
+        .ok_or("host stack missing")?
+        .peer_write(conn, bytes)?;
+    w.next_context += 1;
+    w.offloaded_data_moved = true;
+    let r = w.link.receive_data(ctx, n, w.next_context << 16)?;
+    for (id, off, k) in &r.offset_mismatch {
+        w.monitor.violate(
+            165,
+            format!(
+                "receive NBL {id:#x}: DataOffset {off} after {k} bytes placed (must move past them)"
+            ),
+        );
+    }
+    if let Some((id, st)) = r.failed.first() {
+        return Err(format!(
+            "receive on `{conn}`: expected posted NBL {id:#x} completed with SUCCESS, seen \
+             {st} after {} of {bytes} bytes{}",
+            r.data.len(),
+            cite(items)
+        ));
+    }
+    let got = super::host::hex(&<[u8; 32]>::from(Sha256::digest(&r.data)));
+    let want = wanted_sha(sha256, &peer);
+    if r.data.len() != n || got != want {
+        return Err(format!(
+            "receive on `{conn}`: expected {bytes} bytes with SHA-256 {want}, seen {} bytes \
+             with SHA-256 {got}{}",
+            r.data.len(),
+            cite(items)
+        ));
+    }
+    w.drain_events()?;
+    Ok(format!(
+        "{bytes} bytes in {} posted NBLs, SHA-256 {want} as the peer sent",
+        r.nbls
+    ))
+}
+
 /// After a terminate: host-stack connections continue in the engine from the delegated
 /// state the offload target returned.
 fn resume_host_connections(
@@ -1602,6 +1705,14 @@ fn resume_host_connections(
         let ObjectState::Tcp(mut t) = w.objs[*i].state else {
             continue;
         };
+        // A connection that ended in the device (the peer reset it: C-192) has nothing to
+        // continue in the host stack.
+        if d.state == TcpConnectionState::Closed {
+            if let Some(h) = w.host.as_mut() {
+                h.forget(&name);
+            }
+            continue;
+        }
         t.delegated = *d;
         let path = w.objs[*i]
             .parent
@@ -1776,7 +1887,60 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
                 .map_err(|e| format!("{e}{}", cite(&items))),
             _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
         },
-        _ => Err("not implemented".into()),
+        Step::Receive {
+            conn,
+            bytes,
+            mode,
+            sha256,
+            ..
+        } => match w.host.as_mut() {
+            Some(h) if h.has(conn) => host_receive(h, conn, *bytes, sha256.as_deref(), &items),
+            Some(h) if h.is_parked(conn) && w.data_pair => {
+                if *mode == super::format::ReceiveMode::Indicated {
+                    return StepOutcome::Unsupported(INDICATED.into());
+                }
+                step_offloaded_receive(w, conn, *bytes, sha256.as_deref(), &items)
+            }
+            _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
+        },
+        Step::Peer { conn, action, .. } => {
+            use super::format::PeerAction;
+            use super::host::PeerCmd;
+            let cmd = match action {
+                PeerAction::Close => PeerCmd::Close,
+                PeerAction::Reset => PeerCmd::Reset,
+                PeerAction::StopReading => PeerCmd::StopReading,
+                PeerAction::ResumeReading => PeerCmd::ResumeReading,
+                PeerAction::GoSilent => return StepOutcome::Unsupported(GO_SILENT.into()),
+            };
+            match w.host.as_mut() {
+                Some(h) => h
+                    .peer(conn, cmd)
+                    .map(|()| format!("peer of `{conn}`: {action:?}")),
+                None => Err(format!("no connection `{conn}` (open it first)")),
+            }
+        }
+        Step::Impair {
+            loss,
+            reorder,
+            duplicate,
+            delay_ms,
+            ..
+        } => {
+            if w.offloaded_data_moved {
+                return StepOutcome::Unsupported(
+                    "unsupported by this device build: the device's `--impair` applies to \
+                     offloaded traffic from its start, so an `impair` step must come before \
+                     any offloaded data moves"
+                        .into(),
+                );
+            }
+            Ok(format!(
+                "offloaded traffic impaired (device `--impair`, seeded by the scenario): loss \
+                 {loss}, reorder {reorder}, duplicate {duplicate}, delay {delay_ms} ms"
+            ))
+        }
+        Step::InjectEvent { .. } => Err("not implemented".into()),
     };
     match r {
         Ok(s) => StepOutcome::Passed(s),
@@ -1803,7 +1967,7 @@ fn cleanup(w: &mut World<'_>) {
 }
 
 /// Device command-line arguments for a scenario's `[device]` table.
-fn device_args(sc: &Scenario) -> Vec<String> {
+fn device_args(sc: &Scenario, seed: u64) -> Vec<String> {
     let mut a = Vec::new();
     let d = &sc.device;
     for (flag, v) in [
@@ -1815,6 +1979,21 @@ fn device_args(sc: &Scenario) -> Vec<String> {
             a.push(flag.to_string());
             a.push(v.to_string());
         }
+    }
+    // The device impairs offloaded traffic from its start (`--impair`, seeded by the
+    // scenario); the `impair` step checks no offloaded data moved before it.
+    if let Some(Step::Impair {
+        loss,
+        reorder,
+        duplicate,
+        delay_ms,
+        ..
+    }) = sc.steps.iter().find(|s| matches!(s, Step::Impair { .. }))
+    {
+        a.push("--impair".into());
+        a.push(format!(
+            "loss={loss},reorder={reorder},duplicate={duplicate},delay-ms={delay_ms},seed={seed}"
+        ));
     }
     if let Some(p) = &d.policy {
         let base = sc.file.parent().unwrap_or(Path::new("."));
@@ -1917,7 +2096,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         } else {
             let mut cfg = TestBedConfig::default();
             cfg.device.binary = opts.device.clone();
-            cfg.device.extra_args = device_args(sc);
+            cfg.device.extra_args = device_args(sc, seed);
             // Pair 0 NIC, 1 control, 2 data (for offloaded connections' data).
             let q = sc.device.queue_pairs.unwrap_or(2);
             cfg.device.queue_pairs = q;
@@ -2000,6 +2179,7 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         host: None,
         host_offloaded: Default::default(),
         host_conns: Default::default(),
+        offloaded_data_moved: false,
         data_pair,
         queue_size: opts.queue_size,
         seed,
