@@ -133,6 +133,11 @@ pub fn transfer_opts(
     let mut rx_done = None;
     let mut migrated = false;
     let mut stats = None;
+    // Fail fast: once our side gives up (TimedOut / Reset) the kernel keeps retrying for
+    // ~15 min, so waiting for `done` would only end at the nextest kill. `seen` is a cursor
+    // into the growing event list; `last` is our TCB just before the most recent step.
+    let mut seen = 0;
+    let mut last = None;
     rig.run_until(
         Duration::from_secs(limit_secs()),
         &format!("{name} transfer"),
@@ -188,6 +193,29 @@ pub fn transfer_opts(
                     );
                 }
             }
+            if let Some(e) = r.events[seen..]
+                .iter()
+                .find(|e| matches!(e, Event::TimedOut(c) | Event::Reset(c) if *c == tx.conn))
+            {
+                panic!(
+                    "{name}: our side ended the connection with {e:?} (seed {seed:#x}; re-run: \
+                     NETSTACK_SEED={seed:#x} NETSTACK_CELL={name}); sent {} / {len}, received {} / \
+                     {len}; our TCB before that step {last:?}; our sender {stats:?}",
+                    tx.off, rx.n
+                );
+            }
+            seen = r.events.len();
+            last = r.engine.tcb(tx.conn).ok().map(|t| {
+                format!(
+                    "state {:?} snd_una {:#x} snd_max {:#x} snd_wnd {} rcv_nxt {:#x} rtx_count {}",
+                    t.state,
+                    t.snd_una,
+                    t.snd_max,
+                    t.snd_wnd,
+                    t.rcv_nxt,
+                    t.retransmit_count()
+                )
+            });
             let peer_done = peer_thread.is_finished();
             let st = r.engine.state(tx.conn).ok();
             peer_done
@@ -310,11 +338,13 @@ fn clean_ipv4_active_1mib_both_ways() {
     );
 }
 
+/// Per-connection bound of the transfer phase. Below nextest's 600 s kill so that a stuck
+/// connection fails with its own message (state, stats, seed) rather than a bare timeout.
 fn limit_secs() -> u64 {
     std::env::var("NETSTACK_LIMIT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600)
+        .unwrap_or(420)
 }
 
 /// All four connections of one cell: IPv4/IPv6 × active/passive, each `bytes()` both ways.
