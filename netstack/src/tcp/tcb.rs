@@ -504,6 +504,13 @@ impl Tcb {
                 return SegmentVerdict::Accepted;
             }
             self.ack_now = true;
+            // A retransmission of data we already have (our ACK was lost) proves the peer is
+            // alive: restart the FIN_WAIT_2 timer as an acceptable segment would, or a peer in
+            // a long RTO backoff is timed out between its retransmissions.
+            let old_dup = len > 0 && seq::le(seg.seq.wrapping_add(len), self.rcv_nxt);
+            if self.state == State::FinWait2 && old_dup {
+                self.rtx_deadline = Some(now + self.cfg.fin_wait_2);
+            }
             // Zero window: still take the ACK information (RFC 9293 allowance).
             if wnd == 0 && seg.seq == self.rcv_nxt {
                 if let Some(ack) = seg.ack {
