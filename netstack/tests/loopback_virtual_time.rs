@@ -205,3 +205,106 @@ fn clean_loopback_ipv4_reaches_time_wait_and_closed() {
     assert_eq!(sha_a, expected(1 << 20, 1 << 40));
     println!("clean 1 MiB each way: {d:?} of virtual time");
 }
+
+/// FIN_WAIT_2 with our ACKs lost: the peer keeps retransmitting data we already have. Those
+/// old duplicates prove it is alive, so they restart the FIN_WAIT_2 timer (a 20 % loss kernel
+/// cell timed out this way between two retransmissions of a peer in RTO backoff).
+#[test]
+fn fin_wait_2_survives_peer_retransmitting_data_we_already_have() {
+    let mut now = Instant::from_millis(1);
+    let mut ca = cfg(2, A_IP, 7);
+    ca.tcp.fin_wait_2 = Duration::from_millis(500);
+    let mut cb = cfg(1, B_IP, 8);
+    cb.tcp.max_rto = Duration::from_millis(100); // B retransmits at most 100 ms apart
+    cb.tcp.max_retransmissions = 100;
+    let mut a = Engine::new(ca, now).expect("a");
+    let mut b = Engine::new(cb, now).expect("b");
+    b.listen(80);
+    let ha = a
+        .connect(now, SocketAddr::new(IpAddr::V4(B_IP), 80), None)
+        .expect("connect");
+    let mut hb = None;
+    let mut a_to_b_open = true;
+    let mut b_sent = false;
+    let mut a_events = vec![];
+    let mut a_got = 0usize;
+    let end = Instant::from_millis(3_000);
+    while now < end {
+        let mut ab = vec![];
+        while let Some(t) = a.poll_transmit(now) {
+            ab.push(t.frame.to_vec());
+        }
+        let mut ba = vec![];
+        while let Some(t) = b.poll_transmit(now) {
+            ba.push(t.frame.to_vec());
+        }
+        if a_to_b_open {
+            for f in &ab {
+                let _ = b.handle_frame(now, f);
+            }
+        }
+        for f in &ba {
+            let _ = a.handle_frame(now, f);
+        }
+        for e in [&mut a, &mut b] {
+            if e.poll_timeout().is_some_and(|t| t <= now) {
+                e.handle_timeout(now);
+            }
+        }
+        while let Some(ev) = a.poll_event() {
+            if matches!(ev, Event::Connected(_)) {
+                a.close(ha).expect("close a");
+            }
+            a_events.push(ev);
+        }
+        while let Some(ev) = b.poll_event() {
+            if let Event::Accepted { conn, .. } = ev {
+                hb = Some(conn);
+            }
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            let k = a.recv(ha, &mut sink).unwrap_or(0);
+            if k == 0 {
+                break;
+            }
+            a_got += k;
+        }
+        // Once A has all of B's data, every A→B frame (its ACKs) is lost from then on.
+        if a_got == 4000 {
+            a_to_b_open = false;
+        }
+        if let Some(h) = hb {
+            if !b_sent && a.state(ha) == Ok(TcpConnectionState::FinWait2) {
+                assert_eq!(b.send(h, &[0x5a; 4000]).expect("b send"), 4000);
+                b_sent = true;
+            }
+        }
+        // Frames moved: their answers go out in a moment; else jump to the next timer.
+        let next = if ab.is_empty() && ba.is_empty() {
+            [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end)
+        } else {
+            now
+        };
+        now = next.max(now + Duration::from_micros(10));
+    }
+    let rtx = hb
+        .and_then(|h| b.conn_stats(h).ok())
+        .map_or(0, |s| s.retransmits);
+    assert!(
+        rtx >= 20,
+        "B should have retransmitted ≥ 20 times, saw {rtx}"
+    );
+    assert_eq!(
+        (
+            a.state(ha),
+            a_events.iter().any(|e| matches!(e, Event::TimedOut(_)))
+        ),
+        (Ok(TcpConnectionState::FinWait2), false),
+        "A: state / timed out after 3 s of B retransmitting every ≤100 ms (fin_wait_2 500 ms)"
+    );
+}
