@@ -172,8 +172,11 @@ pub struct Tcb {
     ca_acked: u32,
     sb: Scoreboard,
     last_rto_una: Option<u32>,
-    /// The most recent out-of-order block received (reported first in SACK, RFC 2018).
-    recent_sack: Option<(u32, u32)>,
+    /// Starts of the latest out-of-order segments, newest first: SACK reports their blocks
+    /// first (RFC 2018 §4), so a block is repeated in the next ACKs and one lost ACK does not
+    /// hide it until it is among the lowest. (A block SACKed seconds late gave the kernel
+    /// RTT samples of seconds: its RTO reached 120 s in the 20 % loss cells.)
+    recent_sacks: [Option<u32>; 3],
     send_rst: bool,
     pub send: SendBuffer,
     pub recv: RecvBuffer,
@@ -258,7 +261,7 @@ impl Tcb {
             ca_acked: 0,
             sb: Scoreboard::new(),
             last_rto_una: None,
-            recent_sack: None,
+            recent_sacks: [None; 3],
             send_rst: false,
             send: SendBuffer::new(cfg.send_buffer),
             recv: RecvBuffer::new(cfg.recv_buffer),
@@ -947,8 +950,8 @@ impl Tcb {
         if !in_order || had_ooo {
             // Out of order, or filling a hole: ACK at once (RFC 5681 §4.2) with SACK.
             if !in_order {
-                let end = data_seq.wrapping_add(seg.payload.len() as u32);
-                self.recent_sack = Some((data_seq, end));
+                self.recent_sacks.rotate_right(1);
+                self.recent_sacks[0] = Some(data_seq);
             }
             self.ack_now = true;
             return;
@@ -1104,18 +1107,18 @@ impl Tcb {
         }
         let ranges = self.recv.ooo_ranges();
         let mut n = 0;
-        // RFC 2018 §4: the block holding the most recent segment first.
-        if let Some((rs, _)) = self.recent_sack {
-            if let Some(&r) = ranges.iter().find(|&&(s, e)| seq::in_range(rs, s, e)) {
-                out[0] = Some(r);
-                n = 1;
-            }
-        }
-        for &r in ranges.iter() {
+        // RFC 2018 §4: the block holding the most recent segment first, then the blocks of
+        // the segments before it (repeated for ACK loss), then the lowest others.
+        let recent = self
+            .recent_sacks
+            .iter()
+            .flatten()
+            .filter_map(|&rs| ranges.iter().find(|&&(s, e)| seq::in_range(rs, s, e)));
+        for &r in recent.chain(ranges.iter()) {
             if n >= 3 {
                 break;
             }
-            if out[0] != Some(r) {
+            if !out[..n].contains(&Some(r)) {
                 out[n] = Some(r);
                 n += 1;
             }
