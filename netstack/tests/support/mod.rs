@@ -144,6 +144,25 @@ impl Rig {
                 ])
                 .expect("set rto_min on the peer's route");
         }
+        // And cap its RTO (Linux ≥ 6.15, per namespace; read at socket creation): under 20 %
+        // loss both ways its RTT estimate can inflate to seconds (srtt ~8 s seen), and with the
+        // default 120 s cap one lost retransmission stalled the kernel→us direction for
+        // minutes. A 1 ms path needs no RTO above 1 s. Linux models its give-up time
+        // (tcp_retries2) with that cap, so 15 retries would be ~13 s and the kernel reset live
+        // connections (seen: ETIMEDOUT, seed 0x2022): 200 retries ≈ 200 s of silence. Without
+        // tcp_rto_max_ms (older kernels) the default stays, which is only slower.
+        let capped = topo
+            .ns
+            .spawn("sysctl", || {
+                std::fs::write("/proc/sys/net/ipv4/tcp_retries2", "200")?;
+                std::fs::write("/proc/sys/net/ipv4/tcp_rto_max_ms", "1000")
+            })
+            .expect("spawn sysctl thread in namespace")
+            .join()
+            .expect("sysctl thread");
+        if let Err(e) = capped {
+            eprintln!("note: could not cap the kernel peer's RTO (tcp_rto_max_ms): {e}");
+        }
         let start = std::time::Instant::now();
         let now = Instant::ZERO;
         let engine = Engine::new(cfg, now).expect("engine config");
