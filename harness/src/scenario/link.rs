@@ -562,6 +562,11 @@ impl Link<'_> {
     }
 }
 
+/// Receive buffers kept posted (64 KiB each). With any number the device/miniport
+/// sometimes stops filling them although the device ACKed all the data (more often with
+/// 32 than with 8 or 4; see docs/scenarios.md): the step then fails after `DATA_LIMIT`.
+const MAX_POSTED: usize = 8;
+
 /// What a posted receive produced: the bytes (in completion order) and any NBL that
 /// completed with a status other than SUCCESS (id, status).
 pub struct Received {
@@ -574,15 +579,20 @@ pub struct Received {
 
 impl Link<'_> {
     /// `NdisOffloadTcpReceive`: post buffers of at most 64 KiB (ids from `first_id`, up to
-    /// 8 outstanding) until `bytes` bytes arrived; a buffer that completes partly filled
+    /// `MAX_POSTED` outstanding) until `bytes` bytes arrived; a buffer that completes partly filled
     /// (push) is replaced. The posted capacity never exceeds what is still missing, so no
     /// buffer stays posted after the step.
+    ///
+    /// `start` runs once the first buffers are posted (it tells the peer to write), so the
+    /// data finds buffers waiting.
     pub fn receive_data(
         &mut self,
         ctx: u64,
         bytes: usize,
         first_id: u64,
+        start: impl FnOnce() -> Result<(), String>,
     ) -> Result<Received, String> {
+        let mut start = Some(start);
         use chimney_miniport::ndis::nbl::{NetBuffer, NetBufferList};
         let Link::Ndis { ndis, .. } = self else {
             return Err("data through the miniport needs the NDIS driver".into());
@@ -600,7 +610,7 @@ impl Link<'_> {
         while out.data.len() < bytes {
             let posted: usize = open.iter().map(|(_, c)| c).sum();
             let mut missing = bytes - out.data.len() - posted;
-            while missing > 0 && open.len() < 8 {
+            while missing > 0 && open.len() < MAX_POSTED {
                 let cap = missing.min(64 << 10);
                 let nbl = NetBufferList {
                     id: next,
@@ -616,6 +626,9 @@ impl Link<'_> {
                 open.push((next, cap));
                 next += 1;
                 missing -= cap;
+            }
+            if let Some(f) = start.take() {
+                f()?;
             }
             if Instant::now() > limit {
                 return Err(format!(

@@ -1650,14 +1650,14 @@ fn step_offloaded_receive(
     let i = w.find(conn)?;
     let ctx = w.objs[i].handle.0;
     let n = usize::try_from(bytes).map_err(|_| "too many bytes".to_string())?;
-    let peer = w
-        .host
-        .as_mut()
-        .ok_or("host stack missing")?
-        .peer_write(conn, bytes)?;
     w.next_context += 1;
     w.offloaded_data_moved = true;
-    let r = w.link.receive_data(ctx, n, w.next_context << 16)?;
+    let host = w.host.as_mut().ok_or("host stack missing")?;
+    let mut peer = [0u8; 32];
+    let r = w.link.receive_data(ctx, n, w.next_context << 16, || {
+        peer = host.peer_write(conn, bytes)?;
+        Ok(())
+    })?;
     for (id, off, k) in &r.offset_mismatch {
         w.monitor.violate(
             165,
