@@ -752,6 +752,10 @@ where
                         .entry(ctx)
                         .or_default()
                         .extend_from_slice(&rec.data);
+                    // Into the postings still at the device now: no later completion or
+                    // indication may come to drain it (the device holds no more data),
+                    // so waiting for a new posting stalled them (issue 4).
+                    self.serve_leftovers(ctx);
                 }
             }
             return;
@@ -791,11 +795,16 @@ where
             }
             _ => {}
         }
+        let ctx = p.ctx;
         p.pieces_left = p.pieces_left.saturating_sub(1);
         if p.pieces_left == 0 {
             if let Some(p) = self.io.nbls.remove(&key) {
                 self.finish(p);
             }
+        }
+        if rec.kind == DataRxKind::ReceiveComplete {
+            // What did not fit goes into the next postings at the device (issue 4).
+            self.serve_leftovers(ctx);
         }
     }
 
