@@ -8,6 +8,8 @@
 //! handler call: every completion is asynchronous.
 
 mod contexts;
+#[cfg(test)]
+mod receive_tests;
 mod translate;
 
 use alloc::collections::VecDeque;

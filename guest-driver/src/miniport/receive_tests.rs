@@ -1,0 +1,260 @@
+//! Posted receives against refused indications (issue 4, C-158, C-166, C-172): data the
+//! device puts into a posting the miniport already completed from refused data must reach
+//! the postings still at the device at once; nothing else would ever drain it.
+
+use super::*;
+use crate::ndis::chars::ProviderChimneyOffloadGenericCharacteristics as Generic;
+use crate::ndis::chars::ProviderChimneyOffloadTcpCharacteristics as Tcp;
+use crate::ndis::NdisHandle;
+use crate::platform::{DmaRegion, PlatformError, WaitOutcome};
+use alloc::vec;
+use chimney_abi::Layer;
+use core::cell::{Cell, RefCell};
+
+/// DMA memory in a Vec; notifications go nowhere (no device: records are fed directly).
+struct Mem {
+    bytes: RefCell<Vec<u8>>,
+    next: Cell<usize>,
+}
+
+impl Platform for Mem {
+    fn alloc_dma(&self, len: usize, align: usize) -> Result<DmaRegion, PlatformError> {
+        let at = self.next.get().next_multiple_of(align.max(1));
+        if at + len > self.bytes.borrow().len() {
+            return Err(PlatformError::OutOfMemory { wanted: len, align });
+        }
+        self.next.set(at + len);
+        Ok(DmaRegion {
+            addr: at as u64,
+            len,
+        })
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        let a = addr as usize;
+        let m = self.bytes.borrow();
+        let src = m.get(a..a + buf.len()).ok_or(PlatformError::BadAddress {
+            addr,
+            len: buf.len(),
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        let a = addr as usize;
+        let mut m = self.bytes.borrow_mut();
+        let dst = m
+            .get_mut(a..a + data.len())
+            .ok_or(PlatformError::BadAddress {
+                addr,
+                len: data.len(),
+            })?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    fn notify(&self, _queue: u16) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn wait(&self, _queue: u16, _timeout: Duration) -> Result<WaitOutcome, PlatformError> {
+        Ok(WaitOutcome::TimedOut)
+    }
+}
+
+/// The host: refuses every indication (as the scenario runner's NDIS model does).
+#[derive(Default)]
+struct Host;
+
+type Mp = ChimneyMiniport<Mem, Host>;
+
+impl NdisMiniportServices<Mp> for Host {
+    fn set_optional_handlers_generic(&mut self, _: Generic<Mp>) -> NdisStatus {
+        NdisStatus::SUCCESS
+    }
+    fn set_optional_handlers_tcp(&mut self, _: Tcp<Mp>) -> NdisStatus {
+        NdisStatus::SUCCESS
+    }
+    fn set_miniport_attributes(&mut self, _: &MiniportAdapterOffloadAttributes) -> NdisStatus {
+        NdisStatus::SUCCESS
+    }
+    fn get_offload_handlers(
+        &mut self,
+        _: u32,
+    ) -> Result<TcpOffloadEventHandlers<Self>, NdisStatus> {
+        Ok(handlers())
+    }
+    fn initiate_offload_complete(&mut self, _: BlockListRef) {}
+    fn terminate_offload_complete(&mut self, _: BlockListRef) {}
+    fn update_offload_complete(&mut self, _: BlockListRef) {}
+    fn invalidate_offload_complete(&mut self, _: BlockListRef) {}
+    fn query_offload_state_complete(&mut self, _: BlockListRef) {}
+    fn offload_event_indicate(&mut self, _: Option<BlockListRef>, _: u32) {}
+    fn indicate_status_ex(&mut self, _: &StatusIndication) {}
+    fn miniport_handle(&self) -> NdisHandle {
+        NdisHandle::default()
+    }
+}
+
+fn handlers() -> TcpOffloadEventHandlers<Host> {
+    TcpOffloadEventHandlers {
+        header: Default::default(),
+        event_handler: |_, _, _, _| {},
+        receive_handler: |_, _, _, _, consumed| {
+            *consumed = 0;
+            NdisStatus::OFFLOAD_DATA_NOT_ACCEPTED
+        },
+        send_complete: |_, _, _| {},
+        receive_complete: |_, _, _| {},
+        disconnect_complete: |_, _, _| {},
+        forward_complete: |_, _, _| {},
+    }
+}
+
+/// A miniport with one data pair and one live offloaded TCP connection (device handle `h`).
+fn miniport(h: DeviceHandle) -> (Mp, u64) {
+    let mem = Mem {
+        bytes: RefCell::new(vec![0u8; 8 << 20]),
+        next: Cell::new(64),
+    };
+    let cfg = MiniportConfig::default();
+    let vq = |i| Virtqueue::new(&mem, i, 256, false).expect("virtqueue");
+    let control = ControlChannel::new(&mem, vq(2), vq(3), cfg.control).expect("control");
+    let data = DataChannel::new(&mem, vq(4), vq(5), DataConfig::default()).expect("data");
+    let caps = TcpConnectionOffload {
+        encapsulation: 0,
+        support_ipv4: 0,
+        support_ipv6: 0,
+        support_ipv6_extension_headers: 0,
+        support_sack: 0,
+        congestion_algorithm: 0,
+        tcp_connection_offload_capacity: 1,
+        flags: 0,
+    };
+    let negotiated = NegotiateResult {
+        version: ABI_VERSION,
+        device_min_version: ABI_VERSION,
+        device_max_version: ABI_VERSION,
+        max_request_length: 1 << 20,
+        min_rx_buffer: 4096,
+        max_tree_blocks: 16,
+        capabilities: caps,
+        max_neighbors: 1,
+        max_paths: 1,
+        max_tcp: 1,
+    };
+    let mut mp = ChimneyMiniport {
+        platform: mem,
+        control,
+        negotiated,
+        attributes: Mp::attributes_from(&negotiated),
+        handlers: handlers(),
+        parameters: None,
+        contexts: Contexts::default(),
+        recorded: VecDeque::new(),
+        pending: Vec::new(),
+        io_done: VecDeque::new(),
+        io: DataIo::default(),
+        run_state: RunState::Running,
+        violations: HostViolations::default(),
+        stats: OffloadStats::default(),
+        timeout: cfg.timeout,
+    };
+    mp.io.channels.push(data);
+    let ctx = mp.contexts.reserve(Layer::Tcp, NdisHandle::default());
+    let cx = mp.contexts.get_mut(ctx).expect("reserved context");
+    cx.device = Some(h);
+    cx.state = ObjState::Live;
+    (mp, ctx)
+}
+
+/// The ring request id of each PostReceive the miniport queued, in order.
+fn posted_ids(mp: &mut Mp) -> Vec<u64> {
+    mp.io
+        .backlog
+        .drain(..)
+        .filter_map(|(_, r)| match r {
+            DataRequest::PostReceive { request_id, .. } => Some(request_id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn complete(h: DeviceHandle, request_id: u64, data: &[u8]) -> DataRecord {
+    DataRecord {
+        kind: DataRxKind::ReceiveComplete,
+        flags: chimney_abi::data_io::FLAG_PUSH,
+        handle: Some(h),
+        request_id,
+        status: NdisStatus::SUCCESS,
+        bytes: data.len() as u32,
+        data: data.to_vec(),
+    }
+}
+
+/// (NBL id, bytes) of every receive the miniport completed so far, in completion order.
+fn completed(mp: &mut Mp) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for d in mp.io_done.drain(..) {
+        let IoDone::Receive(nbls) = d else { continue };
+        for n in nbls {
+            let k = n.info.tcp_offload_bytes_transferred as usize;
+            let nb = &n.net_buffers[0];
+            let all: Vec<u8> = nb.mdls.iter().flat_map(|m| m.data.clone()).collect();
+            out.push((n.id, all[..k].to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn data_the_device_puts_into_an_early_completed_posting_fills_the_next_posting_at_once() {
+    let h = DeviceHandle(7);
+    let (mut mp, ctx) = miniport(h);
+    let mut host = Host;
+    // The host posts A and B (both go to the device) while the device, which had no
+    // posting, indicates 100 bytes; the host refuses them.
+    let nbl = |id| NetBufferList {
+        id,
+        net_buffers: vec![NetBuffer::with_capacity(1000)],
+        ..Default::default()
+    };
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xA)]),
+        NdisStatus::PENDING
+    );
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xB)]),
+        NdisStatus::PENDING
+    );
+    let ids = posted_ids(&mut mp);
+    assert_eq!(
+        ids.len(),
+        2,
+        "two PostReceive requests queued, seen {ids:?}"
+    );
+    let first: Vec<u8> = (0..100u8).collect();
+    let indication = DataRecord {
+        kind: DataRxKind::ReceiveIndicate,
+        flags: chimney_abi::data_io::FLAG_PUSH,
+        handle: Some(h),
+        request_id: 1,
+        status: NdisStatus::SUCCESS,
+        bytes: 100,
+        data: first.clone(),
+    };
+    mp.data_record(&mut host, 0, indication);
+    // C-172: the refused data fills A now; A stays posted at the device.
+    assert_eq!(completed(&mut mp), vec![(0xA, first.clone())]);
+    // The device fills A (which it still holds) with the last 200 bytes the peer sent;
+    // B stays empty at the device: nothing more will come for it.
+    let last: Vec<u8> = (100..300u32).map(|i| i as u8).collect();
+    mp.data_record(&mut host, 0, complete(h, ids[0], &last));
+    assert_eq!(
+        completed(&mut mp),
+        vec![(0xB, last.clone())],
+        "expected B completed with the 200 bytes the device put into A"
+    );
+    assert!(
+        mp.io.leftovers.get(&ctx).is_none_or(|l| l.is_empty()),
+        "no data left waiting, seen {:?}",
+        mp.io.leftovers.get(&ctx).map(Vec::len)
+    );
+}
