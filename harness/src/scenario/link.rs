@@ -562,9 +562,8 @@ impl Link<'_> {
     }
 }
 
-/// Receive buffers kept posted (64 KiB each). With any number the device/miniport
-/// sometimes stops filling them although the device ACKed all the data (more often with
-/// 32 than with 8 or 4; see docs/scenarios.md): the step then fails after `DATA_LIMIT`.
+/// Receive buffers kept posted (64 KiB each); a step that does not get its data fails
+/// after `DATA_LIMIT` (docs/scenarios.md: the posted-receive stall, fixed in the miniport).
 const MAX_POSTED: usize = 8;
 
 /// What a posted receive produced: the bytes (in completion order) and any NBL that
