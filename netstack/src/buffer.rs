@@ -186,6 +186,26 @@ impl RecvBuffer {
         true
     }
 
+    /// Change the capacity (a host's InitialRcvWnd update, C-085), keeping the readable and
+    /// the out-of-order data at their offsets (`rcv_nxt` = RCV.NXT, the end of the readable
+    /// data). Never below what is held: the caller keeps promised window space too.
+    /// Allocates, but only on a host update, not per segment.
+    pub fn resize(&mut self, rcv_nxt: u32, capacity: usize) {
+        let ooo_end = self
+            .ooo
+            .last()
+            .map_or(0, |&(_, e)| seq::dist(rcv_nxt, e) as usize);
+        let held = self.readable + ooo_end;
+        let capacity = capacity.max(held).max(1);
+        let cap = self.buf.len();
+        let mut v = vec![0u8; capacity].into_boxed_slice();
+        let first = held.min(cap - self.head);
+        v[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
+        v[first..held].copy_from_slice(&self.buf[..held - first]);
+        self.buf = v;
+        self.head = 0;
+    }
+
     /// Copy out up to `out.len()` in-order bytes.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.readable);
@@ -239,6 +259,24 @@ mod tests {
         let mut out = [0u8; 16];
         assert_eq!(r.read(&mut out), 8);
         assert_eq!(&out[..8], b"abcdefgh");
+    }
+
+    #[test]
+    fn recv_buffer_resize_keeps_readable_and_out_of_order_data() {
+        let mut r = RecvBuffer::new(8);
+        let mut out = [0u8; 16];
+        assert_eq!(r.write(0, 0, b"abcdef"), 6);
+        assert_eq!(r.read(&mut out[..4]), 4); // head at 4: the ring wraps below
+        assert_eq!(r.write(6, 6, b"gh"), 2);
+        assert_eq!(r.write(8, 10, b"kl"), 0, "out of order, 2 beyond RCV.NXT");
+        r.resize(8, 32);
+        assert_eq!(r.capacity(), 32);
+        assert_eq!(r.window(), 32 - 4);
+        assert_eq!(r.write(8, 8, b"ij"), 4, "hole filled, the kept range joins");
+        assert_eq!(r.read(&mut out), 8);
+        assert_eq!(&out[..8], b"efghijkl");
+        r.resize(12, 2);
+        assert_eq!(r.capacity(), 2, "shrinks when nothing is held");
     }
 
     #[test]

@@ -45,7 +45,15 @@ pub enum EngineError {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("cached update refused: {field} {reason}")]
+    Update {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
+
+/// Largest receive window a host may ask for (RFC 7323: 2^30 with scaling).
+pub const MAX_RCV_WINDOW: u32 = 1 << 30;
 
 /// TCP parameters of new connections.
 #[derive(Debug, Clone)]
@@ -892,7 +900,7 @@ impl Engine {
     }
 
     fn emit(&mut self, idx: u32, mac: Mac, seg: &OutSegment) -> Transmit<'_> {
-        let l2 = self.l2(mac);
+        let mut l2 = self.l2(mac);
         let slot = &self.slots[idx as usize];
         let Some(tcb) = slot.tcb.as_ref() else {
             return Transmit {
@@ -901,6 +909,11 @@ impl Engine {
                 csum_partial: None,
             };
         };
+        // §3.16: VlanId 0 + UserPriority 0 → untagged; otherwise tag VID (maybe 0) + priority.
+        let prio = u16::from(tcb.cached.user_priority & 7);
+        if prio != 0 {
+            l2.vlan_tci = Some(l2.vlan_tci.unwrap_or(0) | (prio << 13));
+        }
         self.ip_ident = self.ip_ident.wrapping_add(1) | 0x8000; // upper half only (§3.15)
         let ip = IpParams {
             ttl: tcb.cached.ttl_or_hop_limit,
@@ -1184,6 +1197,47 @@ impl Engine {
         Ok(h)
     }
 
+    /// Apply a host update of a live connection's cached TCP variables (§3.3; C-024,
+    /// C-083..C-091). The structure replaces the connection's cached block; behaviour follows
+    /// at once: TTL/hop limit, TOS/traffic class, FlowLabel and UserPriority (802.1p, §3.16)
+    /// on the next frame; Nagle on the next send decision; keepalive switched on (armed with
+    /// KaTimeout) or off (stopped), `TCP_FLAG_KEEP_ALIVE_RESTART` restarts it from zero;
+    /// MaxRT and `TCP_FLAG_MAX_RT_RESTART` restart TotalRT (C-088/C-090; with the restart
+    /// flag a new KaProbeCount resets the probe count and new KaTimeout/KaInterval re-arm the
+    /// timer, C-089); a changed InitialRcvWnd (0 = the engine's default buffer) resizes the
+    /// receive buffer (never taking back window already advertised), and with
+    /// `TCP_FLAG_UPDATE_RCV_WND` the new window is advertised at once when it differs from
+    /// RcvWnd (C-085, C-086). Values are checked first; a refused update changes nothing.
+    pub fn update_cached(
+        &mut self,
+        now: Instant,
+        h: ConnHandle,
+        cached: &TcpCached,
+    ) -> Result<(), EngineError> {
+        let err = |field, reason| Err(EngineError::Update { field, reason });
+        if cached.initial_rcv_wnd > MAX_RCV_WINDOW {
+            return err("TcpCached.InitialRcvWnd", "exceeds 2^30 (RFC 7323)");
+        }
+        if cached.flow_label > 0x000F_FFFF {
+            return err("TcpCached.FlowLabel", "exceeds 20 bits");
+        }
+        if cached.user_priority > 7 {
+            return err("TcpCached.UserPriority", "exceeds 3 bits");
+        }
+        let now = self.tick(now);
+        let default_buf = self.tcb_cfg.recv_buffer;
+        let t = self.tcb_mut(h)?;
+        let resize = cached.initial_rcv_wnd != t.cached.initial_rcv_wnd
+            || cached.flags & TCP_FLAG_UPDATE_RCV_WND != 0;
+        let cap = resize.then_some(match cached.initial_rcv_wnd {
+            0 => default_buf,
+            w => w as usize,
+        });
+        t.update_cached(now, cached, cap);
+        self.touch(h.idx);
+        Ok(())
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -1228,6 +1282,9 @@ pub fn validate_import(st: &TcpOffloadState) -> Result<(), EngineError> {
     }
     if st.send_data.len() > 1 << 30 || st.buffered_data.len() > 1 << 30 {
         return err("SendData/BufferedData", "exceeds 1 GiB");
+    }
+    if st.cached.initial_rcv_wnd > MAX_RCV_WINDOW {
+        return err("TcpCached.InitialRcvWnd", "exceeds 2^30 (RFC 7323)");
     }
     if d.rcv_wnd > 1 << 30 {
         return err("TcpDelegated.RcvWnd", "exceeds 2^30 (RFC 7323)");

@@ -178,6 +178,8 @@ pub struct Tcb {
     /// RTT samples of seconds: its RTO reached 120 s in the 20 % loss cells.)
     recent_sacks: [Option<u32>; 3],
     send_rst: bool,
+    /// Receive-buffer size a host update shrinks to once the promised window has drained.
+    recv_target: Option<usize>,
     pub send: SendBuffer,
     pub recv: RecvBuffer,
     // Reserved delegated fields carried unchanged.
@@ -263,6 +265,7 @@ impl Tcb {
             last_rto_una: None,
             recent_sacks: [None; 3],
             send_rst: false,
+            recv_target: None,
             send: SendBuffer::new(cfg.send_buffer),
             recv: RecvBuffer::new(cfg.recv_buffer),
             deleg_flags: 0,
@@ -403,6 +406,12 @@ impl Tcb {
     pub fn recv_data(&mut self, out: &mut [u8]) -> usize {
         let before = self.advertisable_window();
         let n = self.recv.read(out);
+        if let Some(t) = self.recv_target {
+            if self.recv_promised() <= t {
+                self.recv.resize(self.rcv_nxt, t);
+                self.recv_target = None;
+            }
+        }
         if n > 0 {
             let after = self.advertisable_window();
             let threshold = (u32::from(self.eff_mss()) * 2).min(self.recv.capacity() as u32 / 2);
@@ -1095,7 +1104,15 @@ impl Tcb {
 
     fn advertisable_window(&self) -> u32 {
         let max = 0xffffu32 << self.rcv_wscale;
-        let w = (self.recv.window() as u32).min(max);
+        let room = match self.recv_target {
+            // A shrink is pending (InitialRcvWnd update): the edge does not grow past it.
+            Some(t) => self
+                .recv
+                .window()
+                .min(t.saturating_sub(self.recv.readable())),
+            None => self.recv.window(),
+        };
+        let w = (room as u32).min(max);
         // Round down to the scale granularity so the advertised edge is exact.
         w & !((1u32 << self.rcv_wscale) - 1)
     }
@@ -1441,6 +1458,81 @@ impl Tcb {
                     || self.in_recovery
                     || self.rexmit_una
                     || self.fin_seq.is_some_and(|f| seq::le(self.snd_nxt, f))))
+    }
+
+    // ---- Cached-variable update (§3.3) -----------------------------------------------
+
+    /// Apply a host update of the cached variables (§3.3, C-024, C-083..C-091). The whole
+    /// structure is copied in (C-083); what changes behaviour takes effect at once:
+    /// TTL/hop limit, TOS/traffic class, flow label and UserPriority on the next frame (the
+    /// engine reads them per frame, C-091), Nagle on the next send decision, keepalive on/off
+    /// and the restart flags on the timers, MaxRT on the running retransmission, and
+    /// InitialRcvWnd on the receive buffer. `recv_capacity` is the receive-buffer size the
+    /// engine chose for the new InitialRcvWnd (None = leave the buffer as it is).
+    pub fn update_cached(&mut self, now: Tick, new: &TcpCached, recv_capacity: Option<usize>) {
+        let old = std::mem::replace(&mut self.cached, new.clone());
+        let restart_flag = new.flags & TCP_FLAG_MAX_RT_RESTART != 0;
+        // Keepalive (C-087, C-089, RFC 1122 4.2.3.6).
+        let was_on = old.flags & TCP_FLAG_KEEP_ALIVE_ENABLED != 0;
+        let on = self.keepalive_enabled();
+        if !on && was_on && !self.mitigation_ka {
+            self.ka_deadline = None;
+            self.ka_probe_count = 0;
+            self.ka_probe_pending = false;
+        }
+        if restart_flag && new.ka_probe_count != old.ka_probe_count {
+            self.ka_probe_count = 0; // C-089
+        }
+        let ka_times_changed =
+            new.ka_timeout != old.ka_timeout || new.ka_interval != old.ka_interval;
+        if on && self.is_synchronized() && self.state != State::TimeWait {
+            let restart = new.flags & TCP_FLAG_KEEP_ALIVE_RESTART != 0
+                || !was_on
+                || (restart_flag && ka_times_changed);
+            if restart {
+                // C-087: the timer starts again from zero with the current values.
+                self.mitigation_ka = false;
+                self.ka_probe_pending = false;
+                let ticks = if self.ka_probe_count == 0 {
+                    self.cached.ka_timeout.max(1)
+                } else {
+                    self.cached.ka_interval.max(1)
+                };
+                self.ka_deadline = Some(now + u64::from(ticks));
+            }
+        }
+        // MaxRT (C-088, C-090): TotalRT restarts from zero.
+        let max_rt_changed = new.max_rt != old.max_rt && new.max_rt != 0;
+        if (restart_flag || max_rt_changed) && self.rtx_start.is_some() {
+            self.rtx_start = Some(now);
+        }
+        // InitialRcvWnd (C-085, C-086). Growing takes effect at once; shrinking never takes
+        // back window already advertised (RFC 9293 §3.8.6.2.2): the right edge stops moving
+        // until the application has read down to the new size, then the buffer shrinks.
+        if let Some(cap) = recv_capacity {
+            self.recv_target = None;
+            if cap >= self.recv.capacity() || self.recv_promised() <= cap {
+                self.recv.resize(self.rcv_nxt, cap);
+            } else {
+                self.recv_target = Some(cap);
+            }
+        }
+        if new.flags & TCP_FLAG_UPDATE_RCV_WND != 0
+            && self.is_synchronized()
+            && new.initial_rcv_wnd != seq::dist(self.rcv_nxt, self.rcv_adv)
+        {
+            self.ack_now = true; // advertise the new window (C-086)
+        }
+    }
+
+    /// Receive-buffer bytes spoken for: unread data plus the window advertised.
+    fn recv_promised(&self) -> usize {
+        self.recv.readable() + seq::dist(self.rcv_nxt, self.rcv_adv) as usize
+    }
+
+    /// The receive window we last advertised (RcvWnd, bytes).
+    pub fn rcv_wnd(&self) -> u32 {
+        seq::dist(self.rcv_nxt, self.rcv_adv)
     }
 
     // ---- Export / import (§2.6) -------------------------------------------------------
