@@ -23,6 +23,7 @@ use crate::event::Event;
 use crate::handle::DeviceHandle;
 use crate::request::Opcode;
 use crate::state::{DelegatedState, OffloadStateType, QueriedState};
+use crate::stats::StatsResult;
 use crate::status::{NdisStatus, Reason};
 use crate::tree::{FLAG_STATE_FOLLOWS, MAX_TREE_BLOCKS};
 use crate::view::RecordHeaderView;
@@ -150,6 +151,10 @@ pub enum CompletionBody {
     Update(Vec<BlockResult<Infallible>>),
     Invalidate(Vec<BlockResult<Infallible>>),
     Terminate(Vec<BlockResult<DelegatedState>>),
+    /// STATISTICS: the family's counters when read (ring-abi §17).
+    Statistics(StatsResult),
+    /// REACHABILITY_ANSWER: no body; the status says whether the neighbor was known.
+    ReachabilityAnswer,
     Error(ErrorInfo),
 }
 
@@ -240,7 +245,8 @@ impl Completion {
                 w.u32(n.max_paths);
                 w.u32(n.max_tcp);
             }
-            CompletionBody::SetParameters => {}
+            CompletionBody::SetParameters | CompletionBody::ReachabilityAnswer => {}
+            CompletionBody::Statistics(st) => st.emit(&mut w),
             CompletionBody::Initiate(v)
             | CompletionBody::Update(v)
             | CompletionBody::Invalidate(v) => emit_results(&mut w, v, |_: &Infallible, _| {}),
@@ -434,6 +440,8 @@ impl RxRecord {
                         })
                     }
                     Opcode::SetParameters => CompletionBody::SetParameters,
+                    Opcode::Statistics => CompletionBody::Statistics(StatsResult::parse(&mut r)?),
+                    Opcode::ReachabilityAnswer => CompletionBody::ReachabilityAnswer,
                     Opcode::Initiate => {
                         CompletionBody::Initiate(parse_results(&mut r, h.count, none)?)
                     }

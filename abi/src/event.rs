@@ -121,6 +121,47 @@ impl Event {
         }
     }
 
+    /// NeighborReachabilityQuery (§4.2, C-224/C-225): the neighbor's handle and context, the
+    /// payload its CONST, CACHED (current HRD) and DELEGATED (current NRD) structures.
+    pub fn neighbor_reachability_query(
+        handle: DeviceHandle,
+        host_context: u64,
+        state: &crate::state::NeighborState,
+    ) -> Event {
+        let mut payload = Vec::new();
+        crate::state::ObjectState::Neighbor(*state).emit(&mut payload);
+        Event {
+            sequence: 0,
+            class: EventClass::OffloadEvent,
+            status: NdisStatus::SUCCESS,
+            handle: Some(handle),
+            host_context,
+            code: offload_event::NEIGHBOR_REACHABILITY_QUERY,
+            info: 0,
+            payload,
+        }
+    }
+
+    /// The neighbor state a NeighborReachabilityQuery carries (driver side).
+    pub fn neighbor_state(&self) -> Result<crate::state::NeighborState, DecodeError> {
+        let mut r = Rd::new(&self.payload);
+        let st =
+            crate::state::ObjectState::parse(&mut r, crate::state::OffloadStateType::Neighbor)?;
+        r.finish("event.payload")?;
+        match st {
+            crate::state::ObjectState::Neighbor(n) => Ok(n),
+            _ => Err(r.invalid("event.payload", 0)),
+        }
+    }
+
+    /// The `NDIS_TCP_CONNECTION_OFFLOAD` an OFFLOAD_RESUME indication carries (§4.3).
+    pub fn resume_capabilities(&self) -> Result<crate::caps::TcpConnectionOffload, DecodeError> {
+        let mut r = Rd::new(&self.payload);
+        let c = crate::caps::TcpConnectionOffload::parse(&mut r)?;
+        r.finish("event.payload")?;
+        Ok(c)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::new();
         RecordHeader {

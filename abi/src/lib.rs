@@ -26,6 +26,7 @@ pub mod framing;
 pub mod handle;
 pub mod request;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod tree;
 pub mod view;
@@ -42,6 +43,9 @@ pub use framing::{Reassembler, MIN_RX_BUFFER};
 pub use handle::DeviceHandle;
 pub use request::{Negotiate, Opcode, Request, RequestBody, RequestError, RequestHeader};
 pub use state::*;
+pub use stats::{
+    IpOffloadStats, ReachabilityAnswer, StatsFamily, StatsRequest, StatsResult, TcpOffloadStats,
+};
 pub use status::{NdisStatus, Reason};
 pub use tree::{Block, InitiateBlock, RefBlock, TerminateBlock, Tree, TreeBuilder, UpdateBlock};
 

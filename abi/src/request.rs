@@ -13,6 +13,7 @@ use crate::caps::OffloadParameters;
 use crate::data_io::{emit_trailer, parse_trailer, TcpData};
 use crate::error::{DecodeError, Field};
 use crate::state::ObjectState;
+use crate::stats::{ReachabilityAnswer, StatsRequest};
 use crate::tree::{InitiateBlock, RefBlock, TerminateBlock, Tree, UpdateBlock};
 use crate::view::RequestHeaderView;
 use crate::wire::{Rd, Wr};
@@ -30,6 +31,10 @@ pub enum Opcode {
     Update = 5,
     Invalidate = 6,
     Terminate = 7,
+    /// Read (and optionally reset) one family's chimney statistics (§3.11, ring-abi §17).
+    Statistics = 8,
+    /// The host's answer to a NeighborReachabilityQuery (§4.2, C-226, ring-abi §18).
+    ReachabilityAnswer = 9,
 }
 
 impl Opcode {
@@ -42,6 +47,8 @@ impl Opcode {
             5 => Opcode::Update,
             6 => Opcode::Invalidate,
             7 => Opcode::Terminate,
+            8 => Opcode::Statistics,
+            9 => Opcode::ReachabilityAnswer,
             _ => return None,
         })
     }
@@ -95,6 +102,8 @@ pub enum RequestBody {
     Update(Tree<UpdateBlock>),
     Invalidate(Tree<RefBlock>),
     Terminate(Tree<TerminateBlock>),
+    Statistics(StatsRequest),
+    ReachabilityAnswer(ReachabilityAnswer),
 }
 
 impl RequestBody {
@@ -107,6 +116,8 @@ impl RequestBody {
             RequestBody::Update(_) => Opcode::Update,
             RequestBody::Invalidate(_) => Opcode::Invalidate,
             RequestBody::Terminate(_) => Opcode::Terminate,
+            RequestBody::Statistics(_) => Opcode::Statistics,
+            RequestBody::ReachabilityAnswer(_) => Opcode::ReachabilityAnswer,
         }
     }
 }
@@ -145,6 +156,8 @@ impl Request {
             RequestBody::Update(t) => t.emit(&mut w),
             RequestBody::Invalidate(t) => t.emit(&mut w),
             RequestBody::Terminate(t) => t.emit(&mut w),
+            RequestBody::Statistics(q) => q.emit(&mut w),
+            RequestBody::ReachabilityAnswer(a) => a.emit(&mut w),
         }
         let len = w.len() as u32;
         w[4..8].copy_from_slice(&len.to_le_bytes());
@@ -221,6 +234,10 @@ impl Request {
                 Opcode::Update => RequestBody::Update(Tree::parse(&mut r)?),
                 Opcode::Invalidate => RequestBody::Invalidate(Tree::parse(&mut r)?),
                 Opcode::Terminate => RequestBody::Terminate(Tree::parse(&mut r)?),
+                Opcode::Statistics => RequestBody::Statistics(StatsRequest::parse(&mut r)?),
+                Opcode::ReachabilityAnswer => {
+                    RequestBody::ReachabilityAnswer(ReachabilityAnswer::parse(&mut r)?)
+                }
             };
             if let (true, RequestBody::Initiate(t)) = (with_data && r.remaining() > 0, &body) {
                 let rest = r.take(r.remaining(), "trailer")?;

@@ -199,6 +199,22 @@ fn request() -> impl Strategy<Value = Request> {
         update_tree().prop_map(RequestBody::Update),
         ref_tree().prop_map(RequestBody::Invalidate),
         terminate_tree().prop_map(RequestBody::Terminate),
+        (any::<bool>(), any::<bool>()).prop_map(|(v6, reset)| RequestBody::Statistics(
+            chimney_abi::StatsRequest {
+                family: if v6 {
+                    chimney_abi::StatsFamily::Ipv6
+                } else {
+                    chimney_abi::StatsFamily::Ipv4
+                },
+                reset,
+            }
+        )),
+        (1u64.., any::<u32>()).prop_map(|(h, hrd)| RequestBody::ReachabilityAnswer(
+            chimney_abi::ReachabilityAnswer {
+                handle: chimney_abi::DeviceHandle(h),
+                host_reachability_delta: hrd,
+            }
+        )),
     ];
     (any::<u64>(), body).prop_map(|(request_id, body)| Request { request_id, body })
 }
@@ -267,6 +283,37 @@ fn completion() -> impl Strategy<Value = Completion> {
             )
         }),
         Just(CompletionBody::SetParameters),
+        Just(CompletionBody::ReachabilityAnswer),
+        (any::<[u64; 7]>(), any::<[u32; 10]>(), any::<bool>()).prop_map(|(a, b, v6)| {
+            CompletionBody::Statistics(chimney_abi::StatsResult {
+                family: if v6 {
+                    chimney_abi::StatsFamily::Ipv6
+                } else {
+                    chimney_abi::StatsFamily::Ipv4
+                },
+                ip: chimney_abi::IpOffloadStats {
+                    in_receives: a[0],
+                    in_octets: a[1],
+                    in_delivers: a[2],
+                    out_requests: a[3],
+                    out_octets: a[4],
+                    in_header_errors: b[0],
+                    in_truncated_packets: b[1],
+                    in_discards: b[2],
+                    out_discards: b[3],
+                    out_no_routes: b[4],
+                },
+                tcp: chimney_abi::TcpOffloadStats {
+                    in_segments: a[5],
+                    out_segments: a[6],
+                    currently_established: b[5],
+                    reset_established: b[6],
+                    retransmitted_segments: b[7],
+                    in_errors: b[8],
+                    out_resets: b[9],
+                },
+            })
+        }),
         (1u16..3, any::<u32>()).prop_map(|(v, cap)| CompletionBody::Negotiate(NegotiateResult {
             version: v,
             device_min_version: 1,
@@ -310,7 +357,9 @@ fn completion() -> impl Strategy<Value = Completion> {
             CompletionBody::Update(_) => 5,
             CompletionBody::Invalidate(_) => 6,
             CompletionBody::Terminate(_) => 7,
-            CompletionBody::Error(_) => 9,
+            CompletionBody::Statistics(_) => 8,
+            CompletionBody::ReachabilityAnswer => 9,
+            CompletionBody::Error(_) => 10,
         };
         Completion {
             request_id: id,

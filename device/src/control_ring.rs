@@ -53,6 +53,10 @@ pub struct ControlPlane {
     event_sequence: u64,
     /// The offloaded connections' engines (None: state operations only, as in issue 2).
     data: Option<SharedDataPath>,
+    /// Adapter-wide state of §4.3 (policy-raised PAUSE / UPLOAD_ALL / RESUME).
+    tcp_offloads: u64,
+    paused: bool,
+    upload_all: bool,
 }
 
 /// The data path, shared by the NIC thread (switched frames) and the ring thread.
@@ -108,6 +112,9 @@ impl ControlPlane {
             version: None,
             event_sequence: 0,
             data: None,
+            tcp_offloads: 0,
+            paused: false,
+            upload_all: false,
         }
     }
 
@@ -124,10 +131,56 @@ impl ControlPlane {
         let Some(d) = self.data.clone() else {
             return Vec::new();
         };
-        let evs: Vec<Event> = lock_dp(&d).take_events().collect();
+        let mut evs: Vec<Event> = lock_dp(&d).take_events().collect();
+        evs.extend(self.adapter_events());
         evs.into_iter()
             .map(|e| RxRecord::Event(self.sequenced(e)))
             .collect()
+    }
+
+    /// Adapter-wide status indications the vendor policy raises now (§4.3). After
+    /// OFFLOAD_PAUSE / UPLOAD_ALL the device keeps running offloaded connections and still
+    /// accepts initiates already under way (C-231); OFFLOAD_RESUME carries the current
+    /// capabilities (C-015, C-016).
+    fn adapter_events(&mut self) -> Vec<Event> {
+        let Some(d) = self.data.clone() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let (n, p, t) = self.table.counts();
+        let mut dp = lock_dp(&d);
+        for _ in 0..3 {
+            let activity = crate::policy::AdapterActivity {
+                tcp_offloads: self.tcp_offloads,
+                objects_live: (n + p + t) as u64,
+                bytes_moved: dp.moved_total(),
+                paused: self.paused,
+                upload_all: self.upload_all,
+            };
+            let Some(status) = dp.policy_mut().adapter_status(&activity) else {
+                break;
+            };
+            let payload = if status == NdisStatus::OFFLOAD_RESUME {
+                self.paused = false;
+                self.upload_all = false;
+                let mut w = Vec::new();
+                capabilities(self.table.limits()).emit(&mut w);
+                w
+            } else if status == NdisStatus::UPLOAD_ALL {
+                self.paused = true;
+                self.upload_all = true;
+                Vec::new()
+            } else if status == NdisStatus::OFFLOAD_PAUSE {
+                self.paused = true;
+                Vec::new()
+            } else {
+                tracing::warn!(%status, "policy: not an adapter status indication; ignored");
+                continue;
+            };
+            tracing::info!(%status, "adapter status indication");
+            out.push(Event::status(status, payload));
+        }
+        out
     }
 
     pub fn table(&self) -> &ObjectTable {
@@ -233,6 +286,12 @@ impl ControlPlane {
             }
             RequestBody::SetParameters(p) => {
                 self.table.set_parameters(*p);
+                if let Some(d) = &dp {
+                    lock_dp(d).set_parameters(crate::data_path::DataParameters {
+                        ticks_per_second: p.ticks_per_second,
+                        nce_stale_ticks: p.nce_stale_ticks,
+                    });
+                }
                 done(NdisStatus::SUCCESS, CompletionBody::SetParameters)
             }
             RequestBody::Initiate(t) => match self.table.initiate(t) {
@@ -246,6 +305,12 @@ impl ControlPlane {
                             &mut r,
                         );
                     }
+                    self.tcp_offloads += r
+                        .iter()
+                        .filter(|b| {
+                            b.handle.and_then(|h| h.layer()) == Some(chimney_abi::Layer::Tcp)
+                        })
+                        .count() as u64;
                     // Overall status = the root block's status.
                     let status = r.first().map_or(NdisStatus::FAILURE, |b| b.status);
                     done(status, CompletionBody::Initiate(r))
@@ -257,9 +322,11 @@ impl ControlPlane {
                 Err(e) => return op_err(e),
             },
             RequestBody::Update(t) => match self.table.update(t) {
-                Ok(r) => {
+                Ok(mut r) => {
                     if let Some(d) = &dp {
-                        offload_glue::refresh_blocking(&self.table, &mut lock_dp(d));
+                        let mut g = lock_dp(d);
+                        offload_glue::after_update(&mut g, t, &mut r);
+                        offload_glue::refresh_blocking(&self.table, &mut g);
                     }
                     done(NdisStatus::SUCCESS, CompletionBody::Update(r))
                 }
@@ -275,6 +342,41 @@ impl ControlPlane {
                 }
                 Err(e) => return op_err(e),
             },
+            RequestBody::Statistics(q) => {
+                // C-018/C-019: one family's counters, zeroed after reading on RESET.
+                let (ip, tcp) = match &dp {
+                    Some(d) => lock_dp(d).statistics(q.family, q.reset),
+                    None => Default::default(),
+                };
+                done(
+                    NdisStatus::SUCCESS,
+                    CompletionBody::Statistics(chimney_abi::StatsResult {
+                        family: q.family,
+                        ip,
+                        tcp,
+                    }),
+                )
+            }
+            RequestBody::ReachabilityAnswer(a) => {
+                // C-226: HRT = NCT − HRD with the host's HRD; the HRD is also the neighbor's
+                // cached value now.
+                if let Err(e) = self
+                    .table
+                    .check_ref(0, chimney_abi::Layer::Neighbor, a.handle)
+                {
+                    return op_err(e);
+                }
+                self.table
+                    .set_neighbor_hrd(a.handle, a.host_reachability_delta);
+                if let Some(d) = &dp {
+                    lock_dp(d).reachability_answer(
+                        a.handle,
+                        a.host_reachability_delta,
+                        crate::data_path::now(),
+                    );
+                }
+                done(NdisStatus::SUCCESS, CompletionBody::ReachabilityAnswer)
+            }
             RequestBody::Terminate(t) => {
                 // Validate first (a refused tree changes nothing), then export live
                 // connections, then let the table free the objects.
@@ -315,6 +417,7 @@ impl ControlPlane {
             .map(|e| RxRecord::Event(self.sequenced(e)))
             .collect();
         out.push(RxRecord::Completion(completion));
+        events.extend(self.adapter_events());
         out.extend(
             events
                 .into_iter()

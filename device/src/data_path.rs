@@ -16,14 +16,19 @@
 
 use crate::conversion;
 use crate::policy::{DefaultPolicy, VendorPolicy};
+use crate::statistics::{frame_shape, OffloadCounters};
 use chimney_abi::data_io::{data_pair_for, DataRecord, DataRequest, DataRxKind, FLAG_PUSH};
 use chimney_abi::event::{tcp_event, upload_reason};
-use chimney_abi::{DeviceHandle, Event, NdisStatus, TcpData};
+use chimney_abi::{
+    DeviceHandle, Event, IpOffloadStats, NdisStatus, NeighborState, StatsFamily, TcpData,
+    TcpOffloadStats,
+};
 use chimney_netstack::{
     ConnHandle, ConnectionExport, Engine, EngineConfig, EngineError, Event as NsEvent, Instant,
     TcpConnectionState, Transmit, TxOffload,
 };
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 /// Indicated but not yet returned bytes per connection above which the device stops reading
@@ -91,6 +96,52 @@ struct Conn {
     /// Transmission stopped by an invalidate (C-100).
     blocked: bool,
     scratch: Vec<u8>,
+    family: StatsFamily,
+    /// The neighbor object this connection sends through (reachability, §4.2).
+    neighbor: Option<DeviceHandle>,
+    /// 802.1Q: the neighbor's VlanId (receive filter, C-178).
+    vlan_id: u16,
+    /// Engine retransmissions already counted in the statistics.
+    retrans_seen: u64,
+    /// State after the last step (ResetEstablished needs the state before the RST).
+    last_state: TcpConnectionState,
+    /// `acked + received` at the last step (forward progress, bytes moved).
+    moved_seen: u64,
+    /// Last TcpIndicateSendBacklogChange value and when it went out (C-155).
+    backlog_indicated: Option<u32>,
+    backlog_at: Option<Instant>,
+    /// The deadline this connection has in the timer heap.
+    scheduled: Option<Instant>,
+}
+
+/// Neighbor reachability bookkeeping (digest §4.2): times in microseconds of [`now`]
+/// (signed, so that `NCT − HRD` may lie before the device started).
+struct Reach {
+    host_context: u64,
+    state: NeighborState,
+    /// HostReachabilityTime and NICReachabilityTime.
+    hrt: i64,
+    nrt: i64,
+    /// A NeighborReachabilityQuery is out and not answered yet.
+    pending: bool,
+    refs: u32,
+}
+
+/// Host parameters the data path needs (SET_PARAMETERS, digest §5.4).
+#[derive(Debug, Clone, Copy)]
+pub struct DataParameters {
+    pub ticks_per_second: u32,
+    /// NceStaleTicks (0 = reachability queries off).
+    pub nce_stale_ticks: u32,
+}
+
+impl Default for DataParameters {
+    fn default() -> Self {
+        DataParameters {
+            ticks_per_second: 1000,
+            nce_stale_ticks: 0,
+        }
+    }
 }
 
 /// The offloaded connections; see the module docs.
@@ -111,6 +162,14 @@ pub struct DataPath {
     wire: WireSink,
     /// The vendor's decisions (docs/vendor-guide.md); the correct target by default.
     policy: Box<dyn VendorPolicy>,
+    counters: OffloadCounters,
+    neighbors: HashMap<DeviceHandle, Reach>,
+    params: DataParameters,
+    /// Bytes moved by all connections so far (acknowledged sends + delivered receives).
+    moved_total: u64,
+    /// Connections by their next engine deadline; stale entries (deadline changed) are
+    /// skipped when popped, so each event costs O(log n) (DESIGN.md rule 7).
+    timers: BinaryHeap<Reverse<(Instant, DeviceHandle)>>,
 }
 
 /// Where the engines' frames go (the TAP in the device, a queue in tests).
@@ -140,7 +199,139 @@ impl DataPath {
             terminated: VecDeque::new(),
             wire,
             policy: Box::new(DefaultPolicy),
+            counters: OffloadCounters::default(),
+            neighbors: HashMap::new(),
+            params: DataParameters::default(),
+            moved_total: 0,
+            timers: BinaryHeap::new(),
         }
+    }
+
+    /// Host parameters (SET_PARAMETERS): tick rate and NceStaleTicks.
+    pub fn set_parameters(&mut self, p: DataParameters) {
+        self.params = p;
+    }
+
+    fn ticks_to_micros(&self, ticks: u32) -> i64 {
+        let tps = i64::from(self.params.ticks_per_second.max(1));
+        i64::from(ticks) * 1_000_000 / tps
+    }
+
+    fn micros_to_ticks(&self, micros: i64) -> u32 {
+        let tps = i64::from(self.params.ticks_per_second.max(1));
+        (micros.max(0) * tps / 1_000_000).min(i64::from(u32::MAX)) as u32
+    }
+
+    /// One family's statistics (C-018, C-019); `reset` zeroes them after reading.
+    pub fn statistics(
+        &mut self,
+        family: StatsFamily,
+        reset: bool,
+    ) -> (IpOffloadStats, TcpOffloadStats) {
+        let established = self
+            .conns
+            .values()
+            .filter(|c| {
+                c.family == family
+                    && matches!(
+                        c.engine.state(c.ch),
+                        Ok(TcpConnectionState::Established | TcpConnectionState::CloseWait)
+                    )
+            })
+            .count() as u32;
+        let snap = self.counters.snapshot(family, established);
+        if reset {
+            self.counters.reset(family);
+        }
+        snap
+    }
+
+    /// Bytes moved by all offloaded connections so far (policy triggers).
+    pub fn moved_total(&self) -> u64 {
+        self.moved_total
+    }
+
+    /// Register the neighbor a freshly offloaded connection sends through (§4.2): at the
+    /// first connection HRT = NCT − HRD and NRT = NCT − NRD (C-014: host ticks).
+    pub fn attach_neighbor(
+        &mut self,
+        h: DeviceHandle,
+        neighbor: DeviceHandle,
+        host_context: u64,
+        state: NeighborState,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return;
+        };
+        c.neighbor = Some(neighbor);
+        let nct = now.micros() as i64;
+        let hrd = self.ticks_to_micros(state.cached.host_reachability_delta);
+        let nrd = self.ticks_to_micros(state.delegated.nic_reachability_delta);
+        let r = self.neighbors.entry(neighbor).or_insert(Reach {
+            host_context,
+            state,
+            hrt: nct - hrd,
+            nrt: nct - nrd,
+            pending: false,
+            refs: 0,
+        });
+        r.refs += 1;
+    }
+
+    /// The host's answer to a NeighborReachabilityQuery (C-226): HRT = NCT − HRD. False
+    /// when no offloaded connection uses that neighbor.
+    pub fn reachability_answer(&mut self, neighbor: DeviceHandle, hrd: u32, now: Instant) -> bool {
+        let hrd_us = self.ticks_to_micros(hrd);
+        let Some(r) = self.neighbors.get_mut(&neighbor) else {
+            return false;
+        };
+        r.hrt = now.micros() as i64 - hrd_us;
+        r.state.cached.host_reachability_delta = hrd;
+        r.pending = false;
+        true
+    }
+
+    /// Current NicReachabilityDelta of a neighbor (query, C-228): NCT − NRT in host ticks.
+    pub fn nic_reachability_delta(&self, neighbor: DeviceHandle, now: Instant) -> Option<u32> {
+        let r = self.neighbors.get(&neighbor)?;
+        Some(self.micros_to_ticks(now.micros() as i64 - r.nrt))
+    }
+
+    /// Apply a cached update of a neighbor's HRD and DlDestinationAddress to the
+    /// reachability record (the host confirmed reachability: HRT = NCT − HRD).
+    pub fn neighbor_updated(
+        &mut self,
+        neighbor: DeviceHandle,
+        cached: chimney_abi::NeighborCached,
+        now: Instant,
+    ) {
+        let hrd_us = self.ticks_to_micros(cached.host_reachability_delta);
+        if let Some(r) = self.neighbors.get_mut(&neighbor) {
+            r.state.cached = cached;
+            r.hrt = now.micros() as i64 - hrd_us;
+        }
+    }
+
+    /// A host update of `h`'s cached TCP variables on the live engine (C-083..C-091):
+    /// TTL/TOS/flow label/UserPriority on the next frame, Nagle, keepalive, MaxRT,
+    /// InitialRcvWnd with UPDATE_RCV_WND. Results go out at the next `flush`.
+    pub fn update_cached(
+        &mut self,
+        now: Instant,
+        h: DeviceHandle,
+        cached: &chimney_abi::TcpCached,
+    ) -> Result<(), DataPathError> {
+        let c = self.conns.get_mut(&h).ok_or(DataPathError::UnknownHandle)?;
+        let ns = conversion::tcp_cached_to_ns(cached);
+        c.engine.update_cached(now, c.ch, &ns)?;
+        if cached.rcv_indication_size != 0 {
+            c.rcv_indication_size = cached.rcv_indication_size as usize;
+        } else {
+            c.rcv_indication_size = DEFAULT_INDICATION;
+        }
+        self.dirty.push(h);
+        Ok(())
     }
 
     /// Hand the target's decisions to a vendor policy (file or code).
@@ -202,7 +393,10 @@ impl DataPath {
             IpAddr::V6(a) => (None, Some(a)),
         };
         let mut cfg = EngineConfig::new(mac, v4, v6);
-        cfg.vlan_id = export.neighbor.const_.vlan_id;
+        // 802.1Q/p (§3.16): the engine tags every frame with VID = the neighbor's VlanId and
+        // PCP = the connection's UserPriority (C-152, also after updates: C-091).
+        let vlan_id = export.neighbor.const_.vlan_id & 0x0fff;
+        cfg.vlan_id = vlan_id;
         cfg.offload = self.tx_offload;
         cfg.mtu = export.path.cached.path_mtu.clamp(576, 65535) as u16;
         cfg.seed = handle.0;
@@ -250,7 +444,20 @@ impl DataPath {
             disconnect: None,
             blocked: false,
             scratch: vec![0; 16 << 10],
+            family: match key.local.ip() {
+                IpAddr::V4(_) => StatsFamily::Ipv4,
+                IpAddr::V6(_) => StatsFamily::Ipv6,
+            },
+            neighbor: None,
+            vlan_id,
+            retrans_seen: 0,
+            last_state: export.tcp.delegated.state,
+            moved_seen: 0,
+            backlog_indicated: None,
+            backlog_at: None,
+            scheduled: None,
         };
+        c.retrans_seen = c.engine.conn_stats(c.ch).map_or(0, |s| s.retransmits);
         c.feed();
         self.by_key.insert(key, handle);
         self.conns.insert(handle, c);
@@ -269,12 +476,42 @@ impl DataPath {
 
     /// A frame the switch gave to `h`. `checked`: the TAP already verified checksums.
     pub fn handle_frame(&mut self, now: Instant, h: DeviceHandle, frame: &[u8], checked: bool) {
-        if let Some(c) = self.conns.get_mut(&h) {
-            if let Err(e) = c.engine.handle_frame_with(now, frame, !checked) {
-                tracing::debug!(handle = h.0, error = %e, "offloaded frame dropped");
+        self.handle_frame_gso(now, h, frame, checked, None);
+    }
+
+    /// As [`DataPath::handle_frame`] for a frame that may be a GSO super-frame of
+    /// `gso_mss`-sized segments (large receive from the TAP): counted as its segments.
+    pub fn handle_frame_gso(
+        &mut self,
+        now: Instant,
+        h: DeviceHandle,
+        frame: &[u8],
+        checked: bool,
+        gso_mss: Option<u16>,
+    ) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return;
+        };
+        let shape = frame_shape(frame);
+        // §3.16 receive rule (C-178): neighbor VlanId 0 accepts any tag or none; otherwise
+        // only frames tagged with that VID.
+        if c.vlan_id != 0 && frame_vid(frame) != Some(c.vlan_id) {
+            if let Some(s) = &shape {
+                self.counters.count_discard(s);
             }
-            self.dirty.push(h);
+            return;
         }
+        let ok = match c.engine.handle_frame_with(now, frame, !checked) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(handle = h.0, error = %e, "offloaded frame dropped");
+                false
+            }
+        };
+        if let Some(s) = &shape {
+            self.counters.count_in(s, gso_mss, ok);
+        }
+        self.dirty.push(h);
     }
 
     /// A data tx record (already decoded). Results come out of `flush`.
@@ -399,6 +636,13 @@ impl DataPath {
             } => {
                 if abortive {
                     // C-181..C-183: RST now; sends complete REQUEST_ABORTED first.
+                    if matches!(
+                        c.engine.state(c.ch),
+                        Ok(TcpConnectionState::Established | TcpConnectionState::CloseWait)
+                    ) && !c.aborted
+                    {
+                        self.counters.count_reset_established(c.family);
+                    }
                     let _ = c.engine.abort(c.ch);
                     c.aborted = true;
                     for s in c.sends.drain(..) {
@@ -445,19 +689,47 @@ impl DataPath {
         self.dirty.push(h);
     }
 
-    /// Earliest timer of any connection.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .filter_map(|c| c.engine.poll_timeout())
-            .min()
+    /// Earliest timer of any connection: the top of the timer heap after dropping stale
+    /// entries (C-213 timers; O(log n) per change, DESIGN.md rule 7).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
+            if self.conns.get(&h).is_some_and(|c| c.scheduled == Some(t)) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
+    /// Run the timers that are due; only the connections whose deadline passed are touched.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (h, c) in self.conns.iter_mut() {
-            if c.engine.poll_timeout().is_some_and(|t| t <= now) {
-                c.engine.handle_timeout(now);
-                self.dirty.push(*h);
+        while let Some(Reverse((t, h))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(&h) else {
+                continue;
+            };
+            if c.scheduled != Some(t) {
+                continue;
+            }
+            c.scheduled = None;
+            c.engine.handle_timeout(now);
+            self.dirty.push(h);
+        }
+    }
+
+    /// Put `h`'s current engine deadline into the heap if it changed.
+    fn reschedule(&mut self, h: DeviceHandle) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return;
+        };
+        let next = c.engine.poll_timeout();
+        if next != c.scheduled {
+            c.scheduled = next;
+            if let Some(t) = next {
+                self.timers.push(Reverse((t, h)));
             }
         }
     }
@@ -471,18 +743,54 @@ impl DataPath {
             let Some(c) = self.conns.get_mut(&h) else {
                 continue;
             };
+            let mut out = Out {
+                wire: &mut self.wire,
+                counters: &mut self.counters,
+                neighbors: &mut self.neighbors,
+                events: &mut self.events,
+                stale_us: i64::from(self.params.nce_stale_ticks) * 1_000_000
+                    / i64::from(self.params.ticks_per_second.max(1)),
+                tps: self.params.ticks_per_second,
+            };
             c.step(
                 now,
                 h,
-                &mut self.wire,
+                &mut out,
                 &mut self.records[usize::from(c.pair)],
-                &mut self.events,
                 &mut self.next_indication,
             );
-            if let Some((code, info)) = self.policy.spontaneous_event(h, c.acked + c.received) {
+            let moved = c.acked + c.received;
+            self.moved_total = self
+                .moved_total
+                .wrapping_add(moved.saturating_sub(c.moved_seen));
+            c.moved_seen = c.moved_seen.max(moved);
+            if let Some((code, info)) = self.policy.spontaneous_event(h, moved) {
                 self.events
                     .push_back(Event::tcp(h, c.host_context, code, info));
             }
+            // TcpIndicateSendBacklogChange (§4.1, C-155): the preferred backlog changed
+            // materially and the throttle interval has passed since the last one.
+            let throttle = self.policy.send_backlog_throttle();
+            if let (Some(throttle), Some(b)) = (throttle, c.preferred_backlog()) {
+                let material = c.backlog_indicated.is_none_or(|old| {
+                    let d = b.abs_diff(old);
+                    d >= old / 4 && d > 0
+                });
+                let due = c
+                    .backlog_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= throttle);
+                if material && due && !c.aborted {
+                    c.backlog_indicated = Some(b);
+                    c.backlog_at = Some(now);
+                    self.events.push_back(Event::tcp(
+                        h,
+                        c.host_context,
+                        tcp_event::SEND_BACKLOG_CHANGE,
+                        b,
+                    ));
+                }
+            }
+            self.reschedule(h);
         }
         self.dirty = dirty;
     }
@@ -518,6 +826,14 @@ impl DataPath {
         };
         self.by_key.remove(&c.key);
         self.terminated.push_back(h);
+        if let Some(n) = c.neighbor {
+            if let Some(r) = self.neighbors.get_mut(&n) {
+                r.refs = r.refs.saturating_sub(1);
+                if r.refs == 0 {
+                    self.neighbors.remove(&n);
+                }
+            }
+        }
         if self.policy.event_after_terminate() {
             // Deliberate firmware bug (breaks C-114): this event goes out after the
             // terminate completion.
@@ -532,6 +848,7 @@ impl DataPath {
             self.terminated.pop_front();
         }
         let wire = &mut self.wire;
+        let counters = &mut self.counters;
         // Account for what the peer acknowledged so far.
         c.account_acks();
         let out = &mut self.records[usize::from(c.pair)];
@@ -569,7 +886,7 @@ impl DataPath {
             let Some(t) = c.engine.poll_transmit(now) else {
                 break;
             };
-            wire(&t);
+            emit_frame(wire, counters, &t);
         }
         // Undelivered received data: what posted buffers hold (not completed), then what the
         // device held back for an indication, then the engine's buffer (in the export).
@@ -648,9 +965,11 @@ impl DataPath {
         let c = self.conns.get(&h)?;
         let t = c.engine.tcb(c.ch).ok()?;
         let st = t.export(c.engine.clock().tick(now));
+        // SendBacklogSize: the preferred backlog, independent of what is queued (C-155,
+        // C-079); ReceiveBacklogSize: received bytes held in the device.
         Some(conversion::tcp_delegated_from_ns(
             &st.delegated,
-            (c.queued - c.acked).min(u64::from(u32::MAX)) as u32,
+            c.preferred_backlog().unwrap_or(u32::MAX),
             c.rx_hold.len() as u32,
         ))
     }
@@ -685,15 +1004,26 @@ impl Conn {
         }
     }
 
+    /// Preferred send backlog (TcpIndicateSendBacklogChange, query's SendBacklogSize):
+    /// twice what the connection can have in flight, min(cwnd, largest send window), in
+    /// 16 KiB steps between 16 KiB and 16 MiB. It depends on the path, never on how many
+    /// bytes the host has queued (C-155).
+    fn preferred_backlog(&self) -> Option<u32> {
+        let t = self.engine.tcb(self.ch).ok()?;
+        let in_flight = t.cwnd.min(t.max_snd_wnd.max(t.snd_wnd));
+        let b = (u64::from(in_flight) * 2).div_ceil(16 << 10) * (16 << 10);
+        Some(b.clamp(16 << 10, 16 << 20) as u32)
+    }
+
     fn step(
         &mut self,
         now: Instant,
         h: DeviceHandle,
-        wire: &mut WireSink,
+        o: &mut Out<'_>,
         out: &mut VecDeque<DataRecord>,
-        events: &mut VecDeque<Event>,
         next_indication: &mut u64,
     ) {
+        let events = &mut *o.events;
         let rec = |kind, request_id, status, bytes, flags, data| DataRecord {
             kind,
             flags,
@@ -709,6 +1039,12 @@ impl Conn {
                 NsEvent::Reset(_) if !self.aborted => {
                     // C-192: abort indication, outstanding requests REQUEST_ABORTED.
                     self.aborted = true;
+                    if matches!(
+                        self.last_state,
+                        TcpConnectionState::Established | TcpConnectionState::CloseWait
+                    ) {
+                        o.counters.count_reset_established(self.family);
+                    }
                     events.push_back(Event::tcp(h, self.host_context, tcp_event::ABORT, 0));
                     for s in self.sends.drain(..) {
                         out.push_back(rec(
@@ -830,11 +1166,58 @@ impl Conn {
             self.disconnect_indicated = true;
             events.push_back(Event::tcp(h, self.host_context, tcp_event::DISCONNECT, 0));
         }
+        // Forward progress through the neighbor (C-223): data of ours acknowledged or new
+        // data from the peer.
+        let nct = now.micros() as i64;
+        let progressed = self.acked + self.received > self.moved_seen;
+        let mut reach = self
+            .neighbor
+            .and_then(|n| o.neighbors.get_mut(&n).map(|r| (n, r)));
+        if progressed {
+            if let Some((_, r)) = reach.as_mut() {
+                r.nrt = nct;
+            }
+        }
+        let mut first = true;
         while !self.blocked {
             let Some(t) = self.engine.poll_transmit(now) else {
                 break;
             };
-            wire(&t);
+            if first {
+                first = false;
+                // C-224: before sending through a stale neighbor, ask the host.
+                if let Some((n, r)) = reach.as_mut() {
+                    if o.stale_us > 0
+                        && !r.pending
+                        && nct - r.nrt > o.stale_us
+                        && nct - r.hrt > o.stale_us
+                    {
+                        r.pending = true;
+                        let tps = i64::from(o.tps.max(1));
+                        let mut st = r.state;
+                        st.delegated.nic_reachability_delta =
+                            ((nct - r.nrt) * tps / 1_000_000).min(i64::from(u32::MAX)) as u32;
+                        st.cached.host_reachability_delta =
+                            ((nct - r.hrt) * tps / 1_000_000).min(i64::from(u32::MAX)) as u32;
+                        o.events.push_back(Event::neighbor_reachability_query(
+                            *n,
+                            r.host_context,
+                            &st,
+                        ));
+                    }
+                }
+            }
+            emit_frame(o.wire, o.counters, &t);
+        }
+        if let Ok(st) = self.engine.conn_stats(self.ch) {
+            let d = st.retransmits.saturating_sub(self.retrans_seen);
+            if d > 0 {
+                o.counters.count_retransmits(self.family, d);
+                self.retrans_seen = st.retransmits;
+            }
+        }
+        if let Ok(s) = self.engine.state(self.ch) {
+            self.last_state = s;
         }
     }
 
@@ -1022,4 +1405,31 @@ pub fn parse_key(f: &[u8]) -> Option<SwitchKey> {
         local: SocketAddr::new(dst, dp),
         remote: SocketAddr::new(src, sp),
     })
+}
+
+/// What a connection's step writes besides its own records.
+struct Out<'a> {
+    wire: &'a mut WireSink,
+    counters: &'a mut OffloadCounters,
+    neighbors: &'a mut HashMap<DeviceHandle, Reach>,
+    events: &'a mut VecDeque<Event>,
+    /// NceStaleTicks in microseconds (0 = off).
+    stale_us: i64,
+    tps: u32,
+}
+
+/// The VID of an 802.1Q-tagged frame, `None` for an untagged one.
+fn frame_vid(f: &[u8]) -> Option<u16> {
+    match f.get(12..16)? {
+        [0x81, 0x00, a, b] => Some(u16::from_be_bytes([*a, *b]) & 0x0fff),
+        _ => None,
+    }
+}
+
+/// Count an engine frame (statistics, C-018) and hand it to the wire.
+fn emit_frame(wire: &mut WireSink, counters: &mut OffloadCounters, t: &Transmit<'_>) {
+    if let Some(s) = frame_shape(t.frame) {
+        counters.count_out(&s, t.gso.map(|g| g.mss));
+    }
+    wire(t);
 }

@@ -226,7 +226,12 @@ impl DataPlane {
                     g.inb.recycle(f);
                 }
             }
-            None => dp.handle_frame(now(), h, frame, checked),
+            None => {
+                // A large receive from the TAP counts as the segments it stands for (§3.11).
+                let gso = (with_hdr[1] & !VnetHeader::GSO_ECN != VnetHeader::GSO_NONE)
+                    .then(|| u16::from_le_bytes([with_hdr[4], with_hdr[5]]));
+                dp.handle_frame_gso(now(), h, frame, checked, gso)
+            }
         }
         drop(dp);
         let _ = self.notify.write(1);

@@ -23,6 +23,7 @@ pub mod offload_glue;
 pub mod policy;
 pub mod relay;
 pub mod state_manipulation;
+pub mod statistics;
 pub mod sys;
 
 pub use daemon::{Device, DeviceConfig, RunningDevice};

@@ -50,19 +50,73 @@ pub fn after_initiate(
             table.remove_tcp(h);
             r.status = NdisStatus::FAILURE;
             r.handle = None;
+            continue;
+        }
+        // Reachability bookkeeping of the neighbor it sends through (§4.2).
+        if let Some((nh, nctx)) = table
+            .tcp(h)
+            .and_then(|t| table.path(t.path()))
+            .and_then(|p| {
+                table
+                    .neighbor(p.neighbor())
+                    .map(|o| (p.neighbor(), o.host_context()))
+            })
+        {
+            dp.attach_neighbor(h, nh, nctx, n, now);
         }
     }
     refresh_blocking(table, dp);
 }
 
-/// Before a query: copy live delegated TCP state into the table (C-076).
+/// Before a query: copy live delegated TCP state and the neighbors' current
+/// NicReachabilityDelta into the table (C-076, C-228).
 pub fn before_query(table: &mut ObjectTable, dp: &DataPath, tree: &Tree<RefBlock>) {
     let now = now();
     for b in &tree.blocks {
         if let RefBlock::Object(h) = b.body {
-            if let Some(d) = dp.delegated(now, h) {
-                table.set_tcp_delegated(h, d);
+            match h.layer() {
+                Some(Layer::Tcp) => {
+                    if let Some(d) = dp.delegated(now, h) {
+                        table.set_tcp_delegated(h, d);
+                    }
+                }
+                Some(Layer::Neighbor) => {
+                    if let Some(nrd) = dp.nic_reachability_delta(h, now) {
+                        table.set_neighbor_nrd(h, nrd);
+                    }
+                }
+                _ => {}
             }
+        }
+    }
+}
+
+/// After a successful update: cached TCP variables reach the live engines (C-083..C-091)
+/// and a neighbor's new HRD the reachability bookkeeping. A value the engine refuses
+/// fails that block with FAILURE; the connection keeps running on its old values (C-092).
+pub fn after_update(
+    dp: &mut DataPath,
+    tree: &Tree<chimney_abi::UpdateBlock>,
+    results: &mut [BlockResult<Infallible>],
+) {
+    let now = now();
+    for (b, r) in tree.blocks.iter().zip(results.iter_mut()) {
+        let chimney_abi::UpdateBlock::Object {
+            handle,
+            cached: Some(cached),
+        } = b.body
+        else {
+            continue;
+        };
+        match cached {
+            chimney_abi::CachedState::Tcp(c) if dp.contains(handle) => {
+                if let Err(e) = dp.update_cached(now, handle, &c) {
+                    tracing::info!(handle = handle.0, error = %e, "update: engine refused");
+                    r.status = NdisStatus::FAILURE;
+                }
+            }
+            chimney_abi::CachedState::Neighbor(n) => dp.neighbor_updated(handle, n, now),
+            _ => {}
         }
     }
 }

@@ -48,6 +48,33 @@ pub trait VendorPolicy: Send {
     }
     /// Engine tuning of offloaded connections (delayed ACK, SACK, RTO floor, …).
     fn tune(&self, _cfg: &mut EngineConfig) {}
+    /// TcpIndicateSendBacklogChange (§4.1, C-155): `Some(throttle)` = raise it when the
+    /// preferred backlog changes materially, at most once per `throttle` per connection;
+    /// `None` (the default) = do not raise it (the host then keeps what it likes posted).
+    fn send_backlog_throttle(&self) -> Option<Duration> {
+        None
+    }
+    /// An adapter-wide status indication to raise now (§4.3): `OFFLOAD_PAUSE`,
+    /// `UPLOAD_ALL` or `OFFLOAD_RESUME`, given what the adapter has done so far. Asked after
+    /// every request and batch of data-path work; return each indication once.
+    fn adapter_status(&mut self, _activity: &AdapterActivity) -> Option<NdisStatus> {
+        None
+    }
+}
+
+/// What [`VendorPolicy::adapter_status`] decides on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdapterActivity {
+    /// TCP connections offloaded since the device started (successful initiates).
+    pub tcp_offloads: u64,
+    /// Objects offloaded now (neighbors + paths + TCP).
+    pub objects_live: u64,
+    /// Bytes moved by all offloaded connections so far.
+    pub bytes_moved: u64,
+    /// An OFFLOAD_PAUSE or UPLOAD_ALL was indicated and no OFFLOAD_RESUME since.
+    pub paused: bool,
+    /// UPLOAD_ALL was indicated and no OFFLOAD_RESUME since.
+    pub upload_all: bool,
 }
 
 /// The correct target: every default.
@@ -111,6 +138,30 @@ pub struct EventRule {
     pub after_bytes: u64,
 }
 
+/// `[adapter]`: adapter-wide status indications (§4.3) raised by the device.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterRules {
+    /// OFFLOAD_PAUSE once this many TCP connections were offloaded.
+    pub pause_after_offloads: Option<u64>,
+    /// UPLOAD_ALL once this many TCP connections were offloaded.
+    pub upload_all_after_offloads: Option<u64>,
+    /// UPLOAD_ALL once the offloaded connections together moved this many bytes.
+    pub upload_all_after_bytes: Option<u64>,
+    /// OFFLOAD_RESUME when, after a pause or upload-all, no object is offloaded any more
+    /// (C-015's cycle: pause, connections uploaded, resume). Default true.
+    pub resume_when_empty: Option<bool>,
+}
+
+/// `[backlog]`: TcpIndicateSendBacklogChange (§4.1).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogRules {
+    /// Raise backlog events, at most one per connection per `throttle_ms` (absent: no
+    /// backlog events).
+    pub throttle_ms: Option<u64>,
+}
+
 /// `[bugs]`: deliberate firmware bugs (all off by default).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +188,10 @@ pub struct PolicyFile {
     pub event: Vec<EventRule>,
     #[serde(default)]
     pub bugs: Bugs,
+    #[serde(default)]
+    pub adapter: AdapterRules,
+    #[serde(default)]
+    pub backlog: BacklogRules,
 }
 
 fn status_by_name(key: String, name: &str) -> Result<NdisStatus, PolicyError> {
@@ -199,6 +254,8 @@ pub struct FilePolicy {
     events: Vec<(u32, u32, u64)>,
     fired: HashSet<(DeviceHandle, usize)>,
     terminate_status: Option<NdisStatus>,
+    pause_done: bool,
+    upload_all_done: bool,
 }
 
 /// A `[[fail]]` rule with its request counter.
@@ -313,6 +370,30 @@ impl FilePolicy {
             };
             p.events.push((code, info, e.after_bytes));
         }
+        let a = &file.adapter;
+        for (k, v) in [
+            ("adapter.pause_after_offloads", a.pause_after_offloads),
+            (
+                "adapter.upload_all_after_offloads",
+                a.upload_all_after_offloads,
+            ),
+            ("adapter.upload_all_after_bytes", a.upload_all_after_bytes),
+        ] {
+            if v == Some(0) {
+                return Err(PolicyError::Value {
+                    key: k.into(),
+                    why: "0: the indication would precede every offload; give at least 1".into(),
+                });
+            }
+        }
+        if let Some(ms) = file.backlog.throttle_ms {
+            if ms > 3_600_000 {
+                return Err(PolicyError::Value {
+                    key: "backlog.throttle_ms".into(),
+                    why: format!("{ms} ms is more than an hour"),
+                });
+            }
+        }
         if let Some(s) = &file.bugs.wrong_terminate_status {
             p.terminate_status = Some(status_by_name("bugs.wrong_terminate_status".into(), s)?);
         }
@@ -377,6 +458,29 @@ impl VendorPolicy for FilePolicy {
     }
     fn terminate_status(&mut self) -> Option<NdisStatus> {
         self.terminate_status
+    }
+    fn send_backlog_throttle(&self) -> Option<Duration> {
+        self.file.backlog.throttle_ms.map(Duration::from_millis)
+    }
+    fn adapter_status(&mut self, a: &AdapterActivity) -> Option<NdisStatus> {
+        let r = &self.file.adapter;
+        if !self.pause_done && r.pause_after_offloads.is_some_and(|n| a.tcp_offloads >= n) {
+            self.pause_done = true;
+            return Some(NdisStatus::OFFLOAD_PAUSE);
+        }
+        if !self.upload_all_done
+            && (r
+                .upload_all_after_offloads
+                .is_some_and(|n| a.tcp_offloads >= n)
+                || r.upload_all_after_bytes.is_some_and(|n| a.bytes_moved >= n))
+        {
+            self.upload_all_done = true;
+            return Some(NdisStatus::UPLOAD_ALL);
+        }
+        if a.paused && a.objects_live == 0 && r.resume_when_empty.unwrap_or(true) {
+            return Some(NdisStatus::OFFLOAD_RESUME);
+        }
+        None
     }
     fn tune(&self, cfg: &mut EngineConfig) {
         let e = &self.file.engine;

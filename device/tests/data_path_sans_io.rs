@@ -41,6 +41,7 @@ struct Rig {
     to_peer: Arc<Mutex<VecDeque<Vec<u8>>>>,
     records: Vec<DataRecord>,
     events: Vec<chimney_abi::Event>,
+    backlog: Vec<chimney_abi::Event>,
 }
 
 impl Rig {
@@ -67,6 +68,7 @@ impl Rig {
             to_peer,
             records: Vec::new(),
             events: Vec::new(),
+            backlog: Vec::new(),
         }
     }
 
@@ -107,7 +109,15 @@ impl Rig {
             if let Some(q) = self.dp.take_records(0) {
                 self.records.extend(q.drain(..));
             }
-            self.events.extend(self.dp.take_events());
+            // Send-backlog changes (§4.1) come with any transfer; these tests look at the
+            // other events, so they are kept apart.
+            for e in self.dp.take_events() {
+                if e.code == chimney_abi::event::tcp_event::SEND_BACKLOG_CHANGE {
+                    self.backlog.push(e);
+                } else {
+                    self.events.push(e);
+                }
+            }
             if !moved && rounds > 1 && self.to_peer.lock().unwrap().is_empty() {
                 // keep time moving for timers, but stop early when fully idle
                 if self.dp.poll_timeout().is_none() {

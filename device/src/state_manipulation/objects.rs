@@ -15,7 +15,7 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeighborObject {
     konst: NeighborConst,
-    cached: NeighborCached,
+    pub(crate) cached: NeighborCached,
     pub(crate) delegated: NeighborDelegated,
     host_context: u64,
     pub(crate) invalid: bool,

@@ -207,6 +207,20 @@ impl ObjectTable {
         }
     }
 
+    /// Live NicReachabilityDelta from the data path (query, C-228).
+    pub(crate) fn set_neighbor_nrd(&mut self, h: DeviceHandle, nrd: u32) {
+        if let Some(n) = self.neighbors.get_mut(h) {
+            n.delegated.nic_reachability_delta = nrd;
+        }
+    }
+
+    /// The host's reachability answer (C-226): its HRD into the neighbor's cached state.
+    pub(crate) fn set_neighbor_hrd(&mut self, h: DeviceHandle, hrd: u32) {
+        if let Some(n) = self.neighbors.get_mut(h) {
+            n.cached.host_reachability_delta = hrd;
+        }
+    }
+
     /// Live delegated TCP state from the data path (query, C-076).
     pub(crate) fn set_tcp_delegated(&mut self, h: DeviceHandle, d: chimney_abi::TcpDelegated) {
         if let Some(t) = self.tcp.get_mut(h) {
