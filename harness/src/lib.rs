@@ -8,7 +8,11 @@
 //!   SET_PARAMETERS done;
 //! - [`objects`]: seeded neighbor/path/TCP fixtures and the trees over them;
 //! - [`frames`]: ARP / ICMP probes for the NIC path;
-//! - [`scenario`]: the scenario runner (format, conformance checks, reports, coverage).
+//! - [`scenario`]: the scenario runner (format, conformance checks, reports, coverage);
+//! - [`guest`]: the guest agent that runs scenarios inside a QEMU guest on the
+//!   guest-driver's Linux uio binding;
+//! - [`qemu`]: the host side of a QEMU run (namespace, device, peer service, QEMU,
+//!   results).
 
 pub mod control_session;
 pub mod device_process;
@@ -16,9 +20,11 @@ pub mod error;
 pub mod foundation;
 pub mod frames;
 pub mod frontend;
+pub mod guest;
 pub mod host_stack;
 pub mod ndis;
 pub mod objects;
+pub mod qemu;
 pub mod scenario;
 pub mod smoke;
 mod sys;

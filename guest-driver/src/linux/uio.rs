@@ -3,11 +3,16 @@
 //! Debian's cloud kernel).
 //!
 //! - BARs: `mmap` of `/sys/bus/pci/devices/<bdf>/resource<N>`;
-//! - DMA memory: one 2 MiB hugetlb mapping, locked and populated, physically contiguous;
-//!   its bus address from `/proc/self/pagemap` (needs CAP_SYS_ADMIN, i.e. root) and
-//!   checked page by page;
-//! - interrupts: `/dev/uioN` (a read returns the interrupt count; writing the command
-//!   register through sysfs `config` re-enables INTx, as uio_pci_generic expects);
+//! - DMA memory: `pages` 2 MiB hugetlb mappings, each locked, populated and physically
+//!   contiguous (a huge page is); bus addresses from `/proc/self/pagemap` (needs
+//!   CAP_SYS_ADMIN, i.e. root), checked 4 KiB page by page. One allocation never spans
+//!   two huge pages (they need not be adjacent), so the largest is 2 MiB;
+//! - interrupts: INTx through `/dev/uioN` (a read returns the interrupt count; writing the
+//!   command register through sysfs `config` re-enables INTx, as uio_pci_generic expects).
+//!   The virtio ISR register is read first: it lowers the level-triggered line, and a set
+//!   bit means the device signalled while INTx was masked (else that wake-up is lost);
+//! - [`find_virtio_net`], [`bind_uio_pci_generic`], [`reserve_huge_pages`]: the sysfs steps
+//!   that hand the function to uio_pci_generic;
 //! - the virtio 1.x init sequence on the common configuration structure.
 //!
 //! Exercised for real inside the QEMU guest (issue about QEMU); the parsing pieces are
@@ -81,6 +86,12 @@ pub enum UioError {
     FeaturesRefused(u64),
     #[error("queue {0} does not exist on the device")]
     NoQueue(u16),
+    #[error("no virtio-net PCI function in /sys/bus/pci/devices")]
+    NoVirtioNet,
+    #[error("{bdf} bound to uio_pci_generic but no /sys/bus/pci/devices/{bdf}/uio/uioN appeared")]
+    NoUio { bdf: String },
+    #[error("{wanted} huge pages requested, the kernel gave {got} (guest RAM too small?)")]
+    HugePages { wanted: usize, got: usize },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UioError {
@@ -157,9 +168,10 @@ pub struct UioPlatform {
     sysfs: PathBuf,
     layout: VirtioPciLayout,
     bars: Vec<Option<Mapping>>,
-    dma: Mapping,
-    dma_bus: u64,
-    next_free: Mutex<usize>,
+    /// Huge pages of DMA memory and their bus addresses.
+    dma: Vec<(Mapping, u64)>,
+    /// Next free byte: (huge page, offset).
+    next_free: Mutex<(usize, usize)>,
     uio: File,
     notify_offsets: Mutex<Vec<Option<u64>>>,
 }
@@ -169,15 +181,16 @@ impl core::fmt::Debug for UioPlatform {
         f.debug_struct("UioPlatform")
             .field("sysfs", &self.sysfs)
             .field("layout", &self.layout)
-            .field("dma_bus", &self.dma_bus)
+            .field("dma_pages", &self.dma.len())
             .finish()
     }
 }
 
 impl UioPlatform {
     /// Open PCI function `bdf` (e.g. `0000:00:03.0`), already bound to uio_pci_generic as
-    /// `/dev/uio<uio_index>`.
-    pub fn open(bdf: &str, uio_index: u32) -> Result<Self, UioError> {
+    /// `/dev/uio<uio_index>`, with `dma_pages` huge pages of DMA memory (reserve them with
+    /// [`reserve_huge_pages`] first).
+    pub fn open(bdf: &str, uio_index: u32, dma_pages: usize) -> Result<Self, UioError> {
         let sysfs = PathBuf::from("/sys/bus/pci/devices").join(bdf);
         let mut config = Vec::new();
         File::open(sysfs.join("config"))
@@ -226,7 +239,10 @@ impl UioPlatform {
         me(layout.common, "common")?;
         me(layout.notify, "notify")?;
         me(layout.isr, "isr")?;
-        let (dma, dma_bus) = Self::dma_memory()?;
+        let mut dma = Vec::with_capacity(dma_pages);
+        for _ in 0..dma_pages.max(1) {
+            dma.push(Self::dma_memory()?);
+        }
         let uio = OpenOptions::new()
             .read(true)
             .write(true)
@@ -237,8 +253,7 @@ impl UioPlatform {
             layout,
             bars,
             dma,
-            dma_bus,
-            next_free: Mutex::new(0),
+            next_free: Mutex::new((0, 0)),
             uio,
             notify_offsets: Mutex::new(Vec::new()),
         })
@@ -386,6 +401,13 @@ impl UioPlatform {
         Ok(())
     }
 
+    /// How many virtqueues the device has (data queues and the control queue).
+    pub fn num_queues(&self) -> Result<u16, UioError> {
+        self.common()
+            .read::<u16>(self.c_off(common::NUM_QUEUES))
+            .ok_or(UioError::NoBar(self.layout.common.bar))
+    }
+
     /// Set DRIVER_OK: the device may use the queues.
     pub fn driver_ok(&self) -> Result<(), UioError> {
         use device_status::*;
@@ -395,13 +417,31 @@ impl UioPlatform {
             .ok_or(UioError::NoBar(self.layout.common.bar))
     }
 
-    fn dma_offset(&self, addr: u64, len: usize) -> Result<usize, PlatformError> {
+    /// The huge page holding `addr..addr+len` and the offset in it.
+    fn dma_at(&self, addr: u64, len: usize) -> Result<(&Mapping, usize), PlatformError> {
         let bad = PlatformError::BadAddress { addr, len };
-        let off = addr.checked_sub(self.dma_bus).ok_or(bad)?;
-        let off = usize::try_from(off).map_err(|_| bad)?;
-        (off.checked_add(len).ok_or(bad)? <= self.dma.len)
-            .then_some(off)
-            .ok_or(bad)
+        for (m, bus) in &self.dma {
+            let Some(off) = addr.checked_sub(*bus) else {
+                continue;
+            };
+            let Ok(off) = usize::try_from(off) else {
+                continue;
+            };
+            if off < m.len {
+                return (off.checked_add(len).ok_or(bad)? <= m.len)
+                    .then_some((m, off))
+                    .ok_or(bad);
+            }
+        }
+        Err(bad)
+    }
+
+    /// Read the virtio ISR status (clears it and lowers INTx).
+    fn read_isr(&self) -> Option<u8> {
+        self.bars
+            .get(usize::from(self.layout.isr.bar))?
+            .as_ref()?
+            .read::<u8>(u64::from(self.layout.isr.offset))
     }
 
     /// uio_pci_generic masks INTx after each interrupt: clear PCI_COMMAND bit 10
@@ -423,48 +463,53 @@ impl UioPlatform {
 impl Platform for UioPlatform {
     fn alloc_dma(&self, len: usize, align: usize) -> Result<DmaRegion, PlatformError> {
         let oom = PlatformError::OutOfMemory { wanted: len, align };
-        if !align.is_power_of_two() {
+        if !align.is_power_of_two() || len > HUGE_PAGE || align > HUGE_PAGE {
             return Err(oom);
         }
         let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-        let start = next.checked_add(align - 1).ok_or(oom)? & !(align - 1);
-        let end = start.checked_add(len).ok_or(oom)?;
-        if end > self.dma.len {
-            return Err(oom);
+        let (mut page, mut at) = *next;
+        loop {
+            let (m, bus) = self.dma.get(page).ok_or(oom)?;
+            // Bus addresses of a huge page are 2 MiB aligned, so aligning the offset aligns
+            // the address.
+            let start = at.checked_add(align - 1).ok_or(oom)? & !(align - 1);
+            let end = start.checked_add(len).ok_or(oom)?;
+            if end <= m.len {
+                *next = (page, end);
+                // The mapping came zeroed from the kernel and is never handed out twice.
+                return Ok(DmaRegion {
+                    addr: bus + start as u64,
+                    len,
+                });
+            }
+            page += 1;
+            at = 0;
         }
-        *next = end;
-        // The mapping came zeroed from the kernel and is never handed out twice.
-        Ok(DmaRegion {
-            addr: self.dma_bus + start as u64,
-            len,
-        })
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
-        let off = self.dma_offset(addr, buf.len())?;
-        // SAFETY: in bounds of the locked mapping (dma_offset).
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.dma.ptr.add(off), buf.as_mut_ptr(), buf.len())
-        };
+        let (m, off) = self.dma_at(addr, buf.len())?;
+        // SAFETY: in bounds of the locked mapping (dma_at).
+        unsafe { core::ptr::copy_nonoverlapping(m.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), PlatformError> {
-        let off = self.dma_offset(addr, data.len())?;
+        let (m, off) = self.dma_at(addr, data.len())?;
         // SAFETY: as in `read`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.ptr.add(off), data.len()) };
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr.add(off), data.len()) };
         Ok(())
     }
 
     fn read_u16(&self, addr: u64) -> Result<u16, PlatformError> {
-        let off = self.dma_offset(addr, 2)?;
-        Ok(self.dma.read::<u16>(off as u64).unwrap_or(0))
+        let (m, off) = self.dma_at(addr, 2)?;
+        m.read::<u16>(off as u64)
+            .ok_or(PlatformError::BadAddress { addr, len: 2 })
     }
 
     fn write_u16(&self, addr: u64, value: u16) -> Result<(), PlatformError> {
-        let off = self.dma_offset(addr, 2)?;
-        self.dma
-            .write::<u16>(off as u64, value)
+        let (m, off) = self.dma_at(addr, 2)?;
+        m.write::<u16>(off as u64, value)
             .ok_or(PlatformError::BadAddress { addr, len: 2 })
     }
 
@@ -485,8 +530,13 @@ impl Platform for UioPlatform {
     }
 
     fn wait(&self, queue: u16, timeout: Duration) -> Result<WaitOutcome, PlatformError> {
+        // The device signalled while INTx was masked: that is this wake-up.
+        let pending = self.read_isr().unwrap_or(0) & 1 != 0;
         self.unmask_intx()
             .map_err(|_| PlatformError::Wait { queue })?;
+        if pending {
+            return Ok(WaitOutcome::Signalled);
+        }
         let mut pfd = libc::pollfd {
             fd: self.uio.as_raw_fd(),
             events: libc::POLLIN,
@@ -507,4 +557,80 @@ impl Platform for UioPlatform {
             _ => Err(PlatformError::Wait { queue }),
         }
     }
+}
+
+/// The first PCI function that is a virtio-net device (modern or transitional), as its
+/// sysfs name (`0000:00:03.0`).
+pub fn find_virtio_net() -> Result<String, UioError> {
+    let dir = std::fs::read_dir("/sys/bus/pci/devices").map_err(io("list PCI devices"))?;
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for bdf in names {
+        let base = PathBuf::from("/sys/bus/pci/devices").join(&bdf);
+        let read = |f: &str| {
+            std::fs::read_to_string(base.join(f))
+                .ok()
+                .and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        };
+        if read("vendor") == Some(super::pci::VIRTIO_PCI_VENDOR)
+            && matches!(
+                read("device"),
+                Some(super::pci::VIRTIO_NET_MODERN_DEVICE | super::pci::VIRTIO_NET_TRANSITIONAL_DEVICE)
+            )
+        {
+            return Ok(bdf);
+        }
+    }
+    Err(UioError::NoVirtioNet)
+}
+
+/// Hand PCI function `bdf` to uio_pci_generic (unbinding any driver it has) and return
+/// the N of its `/dev/uioN`. The module must be loaded.
+pub fn bind_uio_pci_generic(bdf: &str) -> Result<u32, UioError> {
+    let base = PathBuf::from("/sys/bus/pci/devices").join(bdf);
+    if base.join("driver").exists() {
+        std::fs::write(base.join("driver/unbind"), bdf).map_err(io("unbind the PCI driver"))?;
+    }
+    // driver_override: only this function, whatever its id (new_id would also grab others).
+    std::fs::write(base.join("driver_override"), "uio_pci_generic")
+        .map_err(io("write driver_override"))?;
+    std::fs::write("/sys/bus/pci/drivers/uio_pci_generic/bind", bdf)
+        .map_err(io("bind to uio_pci_generic"))?;
+    let uio = std::fs::read_dir(base.join("uio")).map_err(io("list the function's uio"))?;
+    for e in uio.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("uio").and_then(|n| n.parse().ok()) {
+            return Ok(n);
+        }
+    }
+    Err(UioError::NoUio {
+        bdf: bdf.to_string(),
+    })
+}
+
+/// Ask the kernel for `n` 2 MiB huge pages (`/proc/sys/vm/nr_hugepages`) and check it got
+/// them.
+pub fn reserve_huge_pages(n: usize) -> Result<(), UioError> {
+    let path = "/proc/sys/vm/nr_hugepages";
+    let have: usize = std::fs::read_to_string(path)
+        .map_err(io("read nr_hugepages"))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if have >= n {
+        return Ok(());
+    }
+    std::fs::write(path, n.to_string()).map_err(io("write nr_hugepages"))?;
+    let got: usize = std::fs::read_to_string(path)
+        .map_err(io("read nr_hugepages"))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if got < n {
+        return Err(UioError::HugePages { wanted: n, got });
+    }
+    Ok(())
 }

@@ -1,0 +1,2 @@
+//! The host side of a QEMU run.
+pub mod peer;
