@@ -196,6 +196,13 @@ struct DataIo {
     leftovers: BTreeMap<u64, Vec<u8>>,
     /// BufferedData NBLs handed back at terminate, until the host returns them.
     returned_buffered: alloc::collections::BTreeSet<u64>,
+    /// Contexts whose host completed a posting since it last refused data: what is still
+    /// held for them may be indicated again (C-172 allows it once the host posted), else
+    /// a host that posted once and then waits for indications would never get it.
+    reindicate: alloc::collections::BTreeSet<u64>,
+    /// Indications the miniport made from held data (no device indication behind them):
+    /// the host's receive-return of these ends there.
+    local_indicated: alloc::collections::BTreeSet<u64>,
 }
 
 impl DataIo {
@@ -419,6 +426,25 @@ where
     pub fn outstanding(&self) -> usize {
         self.recorded.len() + self.pending.len()
     }
+    /// Receive-side state of TCP context `ctx`, for diagnostics: (refused bytes held for
+    /// the next posting, postings at the device, indications the host still holds).
+    pub fn receive_state(&self, ctx: u64) -> (Option<usize>, usize, usize) {
+        let h = self.contexts.get(ctx).and_then(|c| c.device);
+        (
+            self.io.leftovers.get(&ctx).map(Vec::len),
+            self.io
+                .nbls
+                .values()
+                .filter(|p| p.ctx == ctx && p.kind == IoKind::Receive)
+                .count(),
+            self.io
+                .indicated
+                .values()
+                .filter(|(_, dh)| Some(*dh) == h)
+                .count(),
+        )
+    }
+
     /// The context state of `MiniportOffloadContext` `ctx` (None: unknown / terminated).
     pub fn object_state(&self, ctx: u64) -> Option<ObjState> {
         self.contexts.get(ctx).map(|c| c.state)
@@ -607,6 +633,7 @@ where
                     nb.advance_data_start(skip + n);
                 }
                 self.io_done.push_back(IoDone::Receive(alloc::vec![nbl]));
+                self.io.reindicate.insert(ctx);
                 continue;
             }
             let capacity = capacity.min(chimney_abi::data_io::MAX_RECEIVE_BUFFER as usize) as u32;
@@ -687,6 +714,9 @@ where
             if self.io.returned_buffered.remove(&n.id) {
                 continue; // BufferedData of a terminate, copied by the host (§3.5.5)
             }
+            if self.io.local_indicated.remove(&n.id) {
+                continue; // an indication of held data: the device already had it back
+            }
             match self.io.indicated.remove(&n.id) {
                 Some((pair, handle)) => self.io.backlog.push_back((
                     pair,
@@ -748,7 +778,19 @@ where
             // put in it is newer than anything delivered so far; it queues for the next
             // posting.
             if rec.kind == DataRxKind::ReceiveComplete && !rec.data.is_empty() {
-                if let Some((ctx, _)) = rec.handle.and_then(|h| self.contexts.find_device(h)) {
+                if let Some((ctx, c)) = rec.handle.and_then(|h| self.contexts.find_device(h)) {
+                    let held = self.io.leftovers.get(&ctx).is_some_and(|l| !l.is_empty());
+                    let posted = self
+                        .io
+                        .nbls
+                        .values()
+                        .any(|p| p.ctx == ctx && p.kind == IoKind::Receive);
+                    if !held && !posted {
+                        // Nothing older waits and no posting can take it: the host gets
+                        // it as an indication, as if no buffer had been posted (C-169).
+                        self.indicate_local(ndis, ctx, c.ndis_offload_handle, rec.data);
+                        return;
+                    }
                     self.io
                         .leftovers
                         .entry(ctx)
@@ -813,6 +855,9 @@ where
     /// Complete an NBL: status, TcpOffloadBytesTransferred and the NB data start advanced
     /// by the bytes transferred (C-165 and the send/disconnect equivalents).
     fn finish(&mut self, p: PendingNbl) {
+        if p.kind == IoKind::Receive {
+            self.io.reindicate.insert(p.ctx);
+        }
         let mut nbl = p.nbl;
         nbl.status = p.status;
         nbl.info.tcp_offload_bytes_transferred = p.bytes;
@@ -849,12 +894,19 @@ where
                 },
             ))
         };
-        if let Some(left) = self.io.leftovers.get_mut(&ctx) {
+        if rec.data.is_empty() {
+            give_back(&mut self.io);
+            return;
+        }
+        if let Some(left) = self.io.leftovers.get_mut(&ctx).filter(|l| !l.is_empty()) {
             // Not again until the host posts (C-172): keep it, hand the buffer back.
             left.extend_from_slice(&rec.data);
             give_back(&mut self.io);
             return;
         }
+        // Postings completed from older data reach the host before newer data is
+        // indicated (C-172: a normal posting completes before any new indication; C-177).
+        self.flush_io(ndis);
         let mut nbl = NetBufferList::with_data(rec.request_id, &rec.data);
         let mut consumed = 0u32;
         let r = (self.handlers.receive_handler)(
@@ -872,9 +924,66 @@ where
             } else {
                 0
             };
-            self.io.leftovers.insert(ctx, rec.data[taken..].to_vec());
+            if taken < rec.data.len() {
+                self.io.leftovers.insert(ctx, rec.data[taken..].to_vec());
+                // Held until the host posts again (C-172): earlier postings do not count.
+                self.io.reindicate.remove(&ctx);
+            }
             give_back(&mut self.io);
             self.serve_leftovers(ctx);
+        }
+    }
+
+    /// Held (refused) data of a connection whose host completed a posting since the refusal
+    /// and has none outstanding: indicate it again (C-172 forbids that only until the host
+    /// posts; C-170: one NBL, Status SUCCESS). A refusal holds the rest again.
+    fn reindicate_held(&mut self, ndis: &mut H) -> bool {
+        let mut any = false;
+        let ready: Vec<u64> = core::mem::take(&mut self.io.reindicate)
+            .into_iter()
+            .collect();
+        for ctx in ready {
+            let posted = self
+                .io
+                .nbls
+                .values()
+                .any(|p| p.ctx == ctx && p.kind == IoKind::Receive);
+            let Some(c) = self.contexts.get(ctx).copied() else {
+                continue;
+            };
+            if posted || c.device.is_none() {
+                continue;
+            }
+            let Some(held) = self.io.leftovers.remove(&ctx).filter(|l| !l.is_empty()) else {
+                continue;
+            };
+            self.indicate_local(ndis, ctx, c.ndis_offload_handle, held);
+            any = true;
+        }
+        any
+    }
+
+    /// Indicate data the miniport holds (no device indication behind it) to the host; what
+    /// the host does not take stays held for the next posting (C-171, C-172).
+    fn indicate_local(&mut self, ndis: &mut H, ctx: u64, nh: u64, held: Vec<u8>) {
+        self.flush_io(ndis);
+        let id = self.io.id();
+        let mut nbl = NetBufferList::with_data(id, &held);
+        let mut consumed = 0u32;
+        let r =
+            (self.handlers.receive_handler)(ndis, nh, &mut nbl, NdisStatus::SUCCESS, &mut consumed);
+        if r == NdisStatus::SUCCESS {
+            self.io.local_indicated.insert(id);
+        } else {
+            let taken = if r == NdisStatus::OFFLOAD_DATA_PARTIALLY_ACCEPTED {
+                (consumed as usize).min(held.len())
+            } else {
+                0
+            };
+            if taken < held.len() {
+                self.io.leftovers.insert(ctx, held[taken..].to_vec());
+                self.io.reindicate.remove(&ctx);
+            }
         }
     }
 
@@ -1210,8 +1319,10 @@ where
             }
             progress |= self.drain_data_backlog()?;
         }
-        // 4. TCP I/O completions (never inside the handler call).
+        // 4. TCP I/O completions (never inside the handler call), then held data of
+        //    connections whose host posted since refusing it.
         progress |= self.flush_io(ndis);
+        progress |= self.reindicate_held(ndis);
         // 5. Events, but not while an initiate is in progress (C-067, §4.4).
         if !initiating {
             while let Some(e) = self.control.next_event() {

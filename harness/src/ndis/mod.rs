@@ -64,10 +64,42 @@ pub enum Callback {
     },
     /// `NdisMIndicateStatusEx`.
     Status(StatusIndication),
+    /// `NdisTcpOffloadReceiveHandler(NdisOffloadHandle, NBL, Status, &BytesConsumed)`: what
+    /// the miniport indicated and how the model answered (C-170, C-171).
+    ReceiveIndication {
+        ndis_offload_handle: NdisHandle,
+        nbl_id: u64,
+        /// NET_BUFFERs on the indicated NBL (C-170: one NBL; the model takes all its NBs).
+        net_buffers: usize,
+        /// The `Status` argument (C-170: SUCCESS, never RESOURCES).
+        status: NdisStatus,
+        /// The bytes the host took (all of them when it answered SUCCESS).
+        taken: Vec<u8>,
+        /// All bytes indicated.
+        indicated: usize,
+        /// The model's return value.
+        answer: NdisStatus,
+    },
     SendComplete(Vec<NetBufferList>),
     ReceiveComplete(Vec<NetBufferList>),
     DisconnectComplete(NetBufferList),
     ForwardComplete(Vec<NetBufferList>),
+}
+
+/// How the model's `NdisTcpOffloadReceiveHandler` answers an indication (the TCP/IP
+/// stack's choice, §3.7: it may take all, some or none of the data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndicationPolicy {
+    /// OFFLOAD_DATA_NOT_ACCEPTED, BytesConsumed 0: the miniport keeps the data for the next
+    /// posted buffer (C-171, C-172). The default: data reaches the host by posting.
+    #[default]
+    Refuse,
+    /// SUCCESS: the host owns the NBL until it returns it with
+    /// `MiniportTcpOffloadReceiveReturn` ([`Ndis::return_indications`]).
+    Accept,
+    /// OFFLOAD_DATA_PARTIALLY_ACCEPTED with BytesConsumed = at most this many bytes of
+    /// each indication (the rest stays with the miniport; C-171). 0 acts as Refuse.
+    Partial(u32),
 }
 
 /// How the model misbehaves on purpose (tests of the miniport's checks).
@@ -96,6 +128,10 @@ pub struct NdisModel {
     pub double_completions: u32,
     completed: Vec<bool>,
     pub faults: ModelFaults,
+    /// How receive indications are answered.
+    pub indications: IndicationPolicy,
+    /// Indicated NBLs the host accepted (SUCCESS) and has not yet returned (C-171).
+    pub held: Vec<NetBufferList>,
 }
 
 impl std::fmt::Debug for NdisModel {
@@ -136,13 +172,43 @@ impl NdisModel {
     }
     fn ev_receive(
         &mut self,
-        _h: NdisHandle,
-        _nbl: &mut NetBufferList,
-        _status: NdisStatus,
+        h: NdisHandle,
+        nbl: &mut NetBufferList,
+        status: NdisStatus,
         consumed: &mut u32,
     ) -> NdisStatus {
-        *consumed = 0;
-        NdisStatus::OFFLOAD_DATA_NOT_ACCEPTED
+        let data: Vec<u8> = nbl.net_buffers.iter().flat_map(|nb| nb.data()).collect();
+        let (answer, take) = match self.indications {
+            IndicationPolicy::Refuse | IndicationPolicy::Partial(0) => {
+                (NdisStatus::OFFLOAD_DATA_NOT_ACCEPTED, 0)
+            }
+            IndicationPolicy::Accept => (NdisStatus::SUCCESS, data.len()),
+            IndicationPolicy::Partial(n) if n as usize >= data.len() => {
+                (NdisStatus::SUCCESS, data.len())
+            }
+            IndicationPolicy::Partial(n) => {
+                (NdisStatus::OFFLOAD_DATA_PARTIALLY_ACCEPTED, n as usize)
+            }
+        };
+        *consumed = if answer == NdisStatus::SUCCESS {
+            0
+        } else {
+            take as u32
+        };
+        if answer == NdisStatus::SUCCESS {
+            // The host owns the NBL now; it copies the data and returns the NBL later.
+            self.held.push(nbl.clone());
+        }
+        self.log.push(Callback::ReceiveIndication {
+            ndis_offload_handle: h,
+            nbl_id: nbl.id,
+            net_buffers: nbl.net_buffers.len(),
+            status,
+            taken: data[..take].to_vec(),
+            indicated: data.len(),
+            answer,
+        });
+        answer
     }
     fn ev_send_complete(&mut self, _h: NdisHandle, n: Vec<NetBufferList>) {
         self.log.push(Callback::SendComplete(n));
@@ -409,6 +475,18 @@ impl Ndis {
             &mut self.adapter,
             nbls,
         ))
+    }
+
+    /// `NdisOffloadTcpReceiveReturn` of every indicated NBL the host holds, in one chain
+    /// (C-175: the chain may mix several indications). Returns the handler's status and
+    /// how many NBLs went back.
+    pub fn return_indications(&mut self) -> Result<(NdisStatus, usize)> {
+        let held = std::mem::take(&mut self.model.held);
+        if held.is_empty() {
+            return Ok((NdisStatus::SUCCESS, 0));
+        }
+        let n = held.len();
+        Ok((self.receive_return(held)?, n))
     }
 
     /// An OID request to the miniport.

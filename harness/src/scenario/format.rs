@@ -537,6 +537,21 @@ pub enum Step {
         mode: ReceiveMode,
         /// SHA-256 of the bytes (hex), or "peer" for what the peer sent.
         sha256: Option<String>,
+        /// Indicated mode: bytes the host takes of each indication (OFFLOAD_DATA_PARTIALLY_
+        /// ACCEPTED for the rest, which must then come through posted buffers, C-171/C-172);
+        /// default: all (SUCCESS).
+        accept: Option<u32>,
+        /// The peer already wrote these bytes (`peer_write`): only read them.
+        #[serde(default)]
+        written: bool,
+        #[serde(default)]
+        verifies: Vec<ItemId>,
+    },
+    /// The peer writes `bytes` more of its seeded stream; nobody reads them yet (a later
+    /// `receive` with `written = true` does, e.g. after a terminate returned them).
+    PeerWrite {
+        conn: String,
+        bytes: u64,
         #[serde(default)]
         verifies: Vec<ItemId>,
     },
@@ -605,6 +620,7 @@ impl Step {
             Step::OffloadConnection { .. } => "offload_connection",
             Step::Send { .. } => "send",
             Step::Receive { .. } => "receive",
+            Step::PeerWrite { .. } => "peer_write",
             Step::Disconnect { .. } => "disconnect",
             Step::Peer { .. } => "peer",
             Step::Impair { .. } => "impair",
@@ -628,6 +644,7 @@ impl Step {
             | Step::OffloadConnection { verifies, .. }
             | Step::Send { verifies, .. }
             | Step::Receive { verifies, .. }
+            | Step::PeerWrite { verifies, .. }
             | Step::Disconnect { verifies, .. }
             | Step::Peer { verifies, .. }
             | Step::Impair { verifies, .. }
@@ -951,7 +968,22 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
                     }
                 }
             }
-            Step::Send { bytes, .. } | Step::Receive { bytes, .. } if *bytes == 0 => {
+            Step::Receive {
+                accept: Some(_),
+                mode: ReceiveMode::Posted,
+                ..
+            } => {
+                return bad(
+                    "accept",
+                    "only `mode = \"indicated\"` takes `accept` (posted buffers take everything)"
+                        .into(),
+                );
+            }
+            Step::Send { bytes, .. }
+            | Step::Receive { bytes, .. }
+            | Step::PeerWrite { bytes, .. }
+                if *bytes == 0 =>
+            {
                 return bad("bytes", "0 is impossible: at least 1 byte".into());
             }
             Step::ExpectNoEvents { wait_ms, .. } if *wait_ms > 10_000 => {

@@ -43,6 +43,9 @@ struct HostConn {
     peer_seed: u64,
     /// Bytes the peer was asked to write so far.
     peer_writes: u64,
+    /// Bytes of the peer's stream the host has been judged to receive so far (the next
+    /// receive must continue exactly there: no byte lost, none twice).
+    peer_read: u64,
 }
 
 /// What the peer thread is told to do next (the `peer` step and `receive`).
@@ -328,6 +331,7 @@ impl HostStack {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 peer_seed,
                 peer_writes: 0,
+                peer_read: 0,
             },
         );
         Ok(format!(
@@ -374,6 +378,59 @@ impl HostStack {
             .send(PeerCmd::Write(n))
             .map_err(|_| format!("the peer of `{name}` has already stopped"))?;
         Ok(h.finalize().into())
+    }
+
+    /// The SHA-256 of the next `n` bytes of the peer's stream the host must receive (from
+    /// where the last receive ended); fails when the peer was not asked to write them.
+    pub fn expect_peer(&mut self, name: &str, n: u64) -> Result<[u8; 32], String> {
+        let c = self.conn_mut(name)?;
+        let unread = c.peer_writes - c.peer_read;
+        if n > unread {
+            return Err(format!(
+                "`{name}`: {n} bytes to receive but the peer wrote only {unread} unread bytes \
+                 (`peer_write` them first)"
+            ));
+        }
+        let mut h = Sha256::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut at = c.peer_read;
+        let end = at + n;
+        while at < end {
+            let k = (end - at).min(chunk.len() as u64) as usize;
+            stream_bytes(c.peer_seed, at, &mut chunk[..k]);
+            h.update(&chunk[..k]);
+            at += k as u64;
+        }
+        c.peer_read = end;
+        Ok(h.finalize().into())
+    }
+
+    /// Bytes the peer wrote that no receive has taken yet.
+    pub fn peer_unread(&self, name: &str) -> u64 {
+        self.conns
+            .get(name)
+            .or_else(|| self.parked.get(name))
+            .map_or(0, |c| c.peer_writes - c.peer_read)
+    }
+
+    /// Bytes readable on host-stack connection `name` right now (after one round of the
+    /// engine and NIC): with nothing unread at the peer it must be 0 (no byte twice).
+    pub fn readable_now(&mut self, name: &str) -> Result<usize, String> {
+        let h = self
+            .conns
+            .get(name)
+            .map(|c| c.h)
+            .ok_or_else(|| format!("no host-stack connection `{name}` (open it first)"))?;
+        self.pump("flush", |_, _| true)?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut extra = 0;
+        while let Ok(k) = self.engine.recv(h, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            extra += k;
+        }
+        Ok(extra)
     }
 
     /// Receive `n` bytes on host-stack connection `name` through the engine; their SHA-256.

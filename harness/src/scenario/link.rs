@@ -50,6 +50,21 @@ pub struct Called {
     pub events: Vec<Event>,
     /// NDIS only: the handler completed the tree before returning (`async_item` broken).
     pub synchronous: Option<OpKind>,
+    /// NDIS terminate only: per block, the send data handed back in its
+    /// `NetBufferListChain` (unacknowledged, from SndUna, §3.5.4) and the received,
+    /// undelivered `BufferedData` (§3.5.5), which the host copied and returned with the
+    /// receive-return handler.
+    pub returned: Vec<Returned>,
+}
+
+/// Data a terminate handed back for one block.
+#[derive(Debug, Clone, Default)]
+pub struct Returned {
+    pub block: usize,
+    pub send: Vec<u8>,
+    pub buffered: Vec<u8>,
+    /// Status of the receive-return of the BufferedData NBLs (C-175: SUCCESS).
+    pub return_status: Option<NdisStatus>,
 }
 
 fn block<B>(b: &chimney_abi::Block<B>) -> BlockList {
@@ -343,6 +358,7 @@ impl Link<'_> {
                     completion: c,
                     events: evs,
                     synchronous: None,
+                    returned: Vec::new(),
                 })
             }
             Link::Ndis { ndis, cursor } => {
@@ -369,10 +385,38 @@ impl Link<'_> {
                     }
                 }
                 *cursor = at + 1;
+                let mut returned = Vec::new();
+                if kind == OpKind::Terminate {
+                    for (i, b) in done.tree.blocks.iter().enumerate() {
+                        if b.net_buffer_list_chain.is_empty() && b.buffered_data.is_empty() {
+                            continue;
+                        }
+                        let data = |v: &[chimney_miniport::ndis::nbl::NetBufferList]| {
+                            v.iter()
+                                .flat_map(|n| n.net_buffers.iter().flat_map(|nb| nb.data()))
+                                .collect::<Vec<u8>>()
+                        };
+                        let mut r = Returned {
+                            block: i,
+                            send: data(&b.net_buffer_list_chain),
+                            buffered: data(&b.buffered_data),
+                            return_status: None,
+                        };
+                        if !b.buffered_data.is_empty() {
+                            // Copied: the NBLs go back to the miniport (§3.5.5).
+                            r.return_status = Some(
+                                ndis.receive_return(b.buffered_data.clone())
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                        returned.push(r);
+                    }
+                }
                 Ok(Called {
                     completion: to_completion(&body, &done.tree),
                     events: evs,
                     synchronous,
+                    returned,
                 })
             }
         }
@@ -671,5 +715,185 @@ impl Link<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a receive in indicated mode produced.
+#[derive(Debug, Default)]
+pub struct Indicated {
+    /// The bytes the host got, in arrival order: what it took of each indication and what
+    /// the postings after a partial refusal carried.
+    pub data: Vec<u8>,
+    pub indications: usize,
+    /// Indications answered OFFLOAD_DATA_PARTIALLY_ACCEPTED.
+    pub partial: usize,
+    /// Buffers posted to take what a partial refusal left with the miniport.
+    pub postings: usize,
+    /// Indicated NBLs handed back with the receive-return handler.
+    pub returned: usize,
+    /// Posted NBLs that completed with a status other than SUCCESS (id, status).
+    pub failed: Vec<(u64, NdisStatus)>,
+    /// Rules broken on the way: (C-item number, what was seen).
+    pub violations: Vec<(u16, String)>,
+}
+
+impl Link<'_> {
+    /// Receive `bytes` on an offloaded connection by indication: the NDIS model answers the
+    /// miniport's `NdisTcpOffloadReceiveHandler` with SUCCESS (`accept` None) or takes at
+    /// most `accept` bytes of each indication (PARTIALLY_ACCEPTED). Every accepted NBL goes
+    /// back through the receive-return handler after the DPC that indicated it (C-175).
+    /// After a partial refusal the data left with the miniport must not be indicated again
+    /// before the host posts (C-172); the host posts one buffer (ids from `first_id`) and
+    /// that data must come in it, in order.
+    pub fn receive_indicated(
+        &mut self,
+        ctx: u64,
+        ndis_handle: u64,
+        bytes: usize,
+        accept: Option<u32>,
+        first_id: u64,
+        start: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Indicated, String> {
+        use crate::ndis::IndicationPolicy;
+        use chimney_miniport::ndis::nbl::{NetBuffer, NetBufferList};
+        let Link::Ndis { ndis, .. } = self else {
+            return Err("data through the miniport needs the NDIS driver".into());
+        };
+        ndis.model.indications = accept.map_or(IndicationPolicy::Accept, IndicationPolicy::Partial);
+        let mut out = Indicated::default();
+        let mut from = ndis.model.log.len();
+        let r = (|| {
+            start()?;
+            let limit = Instant::now() + DATA_LIMIT;
+            let mut refused_pending = false;
+            // The miniport may still hold refused data: a posting that came back full
+            // says so (it serves refused data before anything new, C-172).
+            let mut more_left = false;
+            let mut open: Vec<(u64, usize)> = Vec::new();
+            let mut next = first_id;
+            while out.data.len() < bytes {
+                if Instant::now() > limit {
+                    let (held, posted, kept) = ndis.adapter.receive_state(ctx);
+                    return Err(format!(
+                        "indicated receive: {} of {bytes} bytes arrived within {DATA_LIMIT:?} \
+                         ({} indications, {} postings; miniport: refused bytes held {held:?}, \
+                         postings at the device {posted}, indications not returned {kept})",
+                        out.data.len(),
+                        out.indications,
+                        out.postings
+                    ));
+                }
+                ndis.adapter
+                    .poll_device(&mut ndis.model, Duration::from_millis(20))
+                    .map_err(|e| format!("receive: miniport DPC: {e}"))?;
+                let log_len = ndis.model.log.len();
+                for c in &ndis.model.log[from..log_len] {
+                    match c {
+                        Callback::ReceiveIndication {
+                            ndis_offload_handle,
+                            nbl_id,
+                            net_buffers,
+                            status,
+                            taken,
+                            indicated,
+                            answer,
+                        } if *ndis_offload_handle == ndis_handle => {
+                            out.indications += 1;
+                            if *net_buffers != 1 {
+                                out.violations.push((
+                                    170,
+                                    format!(
+                                        "indication NBL {nbl_id:#x} has {net_buffers} NET_BUFFERs"
+                                    ),
+                                ));
+                            }
+                            if *status != NdisStatus::SUCCESS {
+                                out.violations.push((
+                                    170,
+                                    format!("indication NBL {nbl_id:#x} with Status {status}, only SUCCESS"),
+                                ));
+                            }
+                            if refused_pending {
+                                out.violations.push((
+                                    172,
+                                    format!(
+                                        "indication NBL {nbl_id:#x} ({indicated} bytes) after the host \
+                                         refused data and before it posted a buffer"
+                                    ),
+                                ));
+                            }
+                            out.data.extend_from_slice(taken);
+                            if *answer != NdisStatus::SUCCESS {
+                                out.partial += 1;
+                                refused_pending = true;
+                                more_left = true;
+                            }
+                        }
+                        Callback::ReceiveComplete(v) => {
+                            for n in v {
+                                let Some(cap) =
+                                    open.iter().find(|(id, _)| *id == n.id).map(|(_, c)| *c)
+                                else {
+                                    continue;
+                                };
+                                open.retain(|(id, _)| *id != n.id);
+                                refused_pending = false;
+                                more_left = n.info.tcp_offload_bytes_transferred as usize == cap;
+                                if n.status != NdisStatus::SUCCESS {
+                                    out.failed.push((n.id, n.status));
+                                    continue;
+                                }
+                                let mut left = n.info.tcp_offload_bytes_transferred as usize;
+                                if let Some(nb) = n.net_buffers.first() {
+                                    for m in &nb.mdls {
+                                        let take = left.min(m.data.len());
+                                        out.data.extend_from_slice(&m.data[..take]);
+                                        left -= take;
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                from = log_len;
+                // The stack copied the data out: every accepted NBL goes back now.
+                let (st, n) = ndis.return_indications().map_err(|e| e.to_string())?;
+                out.returned += n;
+                if st != NdisStatus::SUCCESS {
+                    out.violations.push((
+                        175,
+                        format!("the receive-return handler returned {st} for {n} NBLs"),
+                    ));
+                }
+                if !out.failed.is_empty() {
+                    break;
+                }
+                // What the host refused waits in the miniport for a posting (C-172).
+                let missing = bytes.saturating_sub(out.data.len());
+                if more_left && open.is_empty() && missing > 0 {
+                    let cap = missing.min(64 << 10);
+                    let nbl = NetBufferList {
+                        id: next,
+                        net_buffers: vec![NetBuffer::with_capacity(cap)],
+                        ..Default::default()
+                    };
+                    let st = ndis.receive(ctx, vec![nbl]).map_err(|e| e.to_string())?;
+                    if st != NdisStatus::PENDING {
+                        return Err(format!(
+                            "the receive handler returned {st} for NBL {next:#x}, expected PENDING"
+                        ));
+                    }
+                    open.push((next, cap));
+                    next += 1;
+                    out.postings += 1;
+                }
+            }
+            Ok(())
+        })();
+        ndis.model.indications = IndicationPolicy::Refuse;
+        let back = ndis.return_indications().map(|(_, n)| n).unwrap_or(0);
+        out.returned += back;
+        r.map(|()| out)
     }
 }

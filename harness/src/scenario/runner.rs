@@ -169,11 +169,6 @@ const DATA_RINGS: &str = "unsupported by this device build and harness setup: da
      and a data pair (`[device] queue_pairs = 3`, `driver = \"ndis\"`); objects from \
      `offload_set`/`offload` have no peer socket to move data with";
 
-const INDICATED: &str = "unsupported by this harness build: `receive` with `mode = \"indicated\"` \
-     on an offloaded connection needs the NDIS model's receive-indication handler \
-     (harness/src/ndis) to accept data; it refuses every indication \
-     (OFFLOAD_DATA_NOT_ACCEPTED), so the miniport places the data in posted buffers instead";
-
 const GO_SILENT: &str = "unsupported by this harness build: `peer = { action = \"go_silent\" }` \
      needs the peer's frames dropped at the TAP, which the harness cannot do yet";
 
@@ -215,11 +210,6 @@ pub fn pending_reason(sc: &Scenario) -> Option<String> {
                     offloaded.remove(o);
                 }
             }
-            Step::Receive {
-                conn,
-                mode: super::format::ReceiveMode::Indicated,
-                ..
-            } if offloaded.contains(conn) => return Some(INDICATED.into()),
             Step::Send { conn, .. }
             | Step::Disconnect { conn, .. }
             | Step::Receive { conn, .. }
@@ -348,6 +338,15 @@ impl World<'_> {
     }
 
     fn call(&mut self, what: &str, body: RequestBody) -> Result<Completion, String> {
+        self.call_returning(what, body).map(|(c, _)| c)
+    }
+
+    /// A call, with the data a terminate handed back per block (NDIS driver).
+    fn call_returning(
+        &mut self,
+        what: &str,
+        body: RequestBody,
+    ) -> Result<(Completion, Vec<super::link::Returned>), String> {
         let objs = &self.objs;
         let handle_of = |ctx: u64| {
             objs.iter()
@@ -370,7 +369,19 @@ impl World<'_> {
         }
         // Events that came before the completion are judged before it takes effect.
         self.take_events(called.events);
-        Ok(called.completion)
+        for r in &called.returned {
+            if let Some(st) = r.return_status.filter(|s| *s != NdisStatus::SUCCESS) {
+                self.monitor.violate(
+                    175,
+                    format!(
+                        "the receive-return handler returned {st} for the BufferedData of \
+                         terminate block {}",
+                        r.block
+                    ),
+                );
+            }
+        }
+        Ok((called.completion, called.returned))
     }
 
     fn is_ancestor(&self, anc: usize, mut i: usize) -> bool {
@@ -1149,7 +1160,7 @@ fn step_terminate(
         }
     }
     let n = tree.blocks.len();
-    let c = w.call("terminate", RequestBody::Terminate(tree))?;
+    let (c, returned) = w.call_returning("terminate", RequestBody::Terminate(tree))?;
     if expect_error_or_not("terminate", &c, expect_error, items)? {
         return Ok(format!("refused with {:?}", expect_error));
     }
@@ -1175,7 +1186,12 @@ fn step_terminate(
             if let (true, Some(chimney_abi::DelegatedState::Tcp(d))) =
                 (w.host_offloaded.contains(&w.objs[*i].name), &r.state)
             {
-                host_back.push((*i, *d));
+                let data = returned
+                    .iter()
+                    .find(|x| x.block == b)
+                    .cloned()
+                    .unwrap_or_default();
+                host_back.push((*i, *d, data));
             }
             // A live connection's delegated state moved on in the device (C-025).
             let live_conn = w.host_conns.contains(&w.objs[*i].name);
@@ -1613,15 +1629,22 @@ fn wanted_sha(sha256: Option<&str>, peer: &[u8; 32]) -> String {
     }
 }
 
-/// Receive on a host-stack connection: the peer writes `bytes`, the engine reads them.
+/// Receive on a host-stack connection: the peer writes `bytes` (unless it `written` them
+/// already), the engine reads them; they must continue the peer's stream exactly where the
+/// last receive ended, and with nothing more unread at the peer nothing more is readable
+/// (every byte exactly once, also across a terminate that handed buffered data back).
 fn host_receive(
     h: &mut super::host::HostStack,
     conn: &str,
     bytes: u64,
+    written: bool,
     sha256: Option<&str>,
     items: &[ItemId],
 ) -> StepResult {
-    let peer = h.peer_write(conn, bytes)?;
+    if !written {
+        h.peer_write(conn, bytes)?;
+    }
+    let peer = h.expect_peer(conn, bytes)?;
     let got = h.receive(conn, bytes)?;
     let want = wanted_sha(sha256, &peer);
     if super::host::hex(&got) != want {
@@ -1631,6 +1654,16 @@ fn host_receive(
             super::host::hex(&got),
             cite(items)
         ));
+    }
+    if h.peer_unread(conn) == 0 {
+        let extra = h.readable_now(conn)?;
+        if extra != 0 {
+            return Err(format!(
+                "receive on `{conn}` (host stack): expected nothing more to read after the \
+                 peer's {bytes} bytes, seen {extra} more (delivered twice?){}",
+                cite(items)
+            ));
+        }
     }
     Ok(format!(
         "{bytes} bytes received in the host stack, SHA-256 {want} as the peer sent"
@@ -1644,6 +1677,7 @@ fn step_offloaded_receive(
     w: &mut World<'_>,
     conn: &str,
     bytes: u64,
+    written: bool,
     sha256: Option<&str>,
     items: &[ItemId],
 ) -> StepResult {
@@ -1653,11 +1687,20 @@ fn step_offloaded_receive(
     w.next_context += 1;
     w.offloaded_data_moved = true;
     let host = w.host.as_mut().ok_or("host stack missing")?;
-    let mut peer = [0u8; 32];
+    if written && host.peer_unread(conn) < bytes {
+        return Err(format!(
+            "receive on `{conn}`: {bytes} bytes `written` earlier, but the peer wrote only {} \
+             unread bytes",
+            host.peer_unread(conn)
+        ));
+    }
     let r = w.link.receive_data(ctx, n, w.next_context << 16, || {
-        peer = host.peer_write(conn, bytes)?;
+        if !written {
+            host.peer_write(conn, bytes)?;
+        }
         Ok(())
     })?;
+    let peer = host.expect_peer(conn, bytes)?;
     for (id, off, k) in &r.offset_mismatch {
         w.monitor.violate(
             165,
@@ -1691,13 +1734,94 @@ fn step_offloaded_receive(
     ))
 }
 
+/// Receive on an offloaded connection by indication (C-170..C-172, C-175): the NDIS model
+/// takes all of each indication (or `accept` bytes of it, the rest must come in a buffer
+/// posted afterwards); the bytes must continue the peer's stream exactly.
+fn step_offloaded_indicated(
+    w: &mut World<'_>,
+    conn: &str,
+    bytes: u64,
+    accept: Option<u32>,
+    written: bool,
+    sha256: Option<&str>,
+    items: &[ItemId],
+) -> StepResult {
+    let i = w.find(conn)?;
+    let (ctx, nh) = (w.objs[i].handle.0, w.objs[i].host_context);
+    let n = usize::try_from(bytes).map_err(|_| "too many bytes".to_string())?;
+    w.next_context += 1;
+    w.offloaded_data_moved = true;
+    let host = w.host.as_mut().ok_or("host stack missing")?;
+    if written && host.peer_unread(conn) < bytes {
+        return Err(format!(
+            "receive on `{conn}`: {bytes} bytes `written` earlier, but the peer wrote only {} \
+             unread bytes",
+            host.peer_unread(conn)
+        ));
+    }
+    let r = w
+        .link
+        .receive_indicated(ctx, nh, n, accept, w.next_context << 16, || {
+            if !written {
+                host.peer_write(conn, bytes)?;
+            }
+            Ok(())
+        })?;
+    let peer = host.expect_peer(conn, bytes)?;
+    for (item, seen) in &r.violations {
+        w.monitor.violate(*item, seen.clone());
+    }
+    if let Some((id, st)) = r.failed.first() {
+        return Err(format!(
+            "receive on `{conn}`: expected the posting NBL {id:#x} completed with SUCCESS, \
+             seen {st}{}",
+            cite(items)
+        ));
+    }
+    let got = super::host::hex(&<[u8; 32]>::from(Sha256::digest(&r.data)));
+    let want = wanted_sha(sha256, &peer);
+    if r.data.len() != n || got != want {
+        return Err(format!(
+            "receive on `{conn}` by indication: expected {bytes} bytes with SHA-256 {want}, \
+             seen {} bytes with SHA-256 {got} ({} indications, {} partly refused, {} postings){}",
+            r.data.len(),
+            r.indications,
+            r.partial,
+            r.postings,
+            cite(items)
+        ));
+    }
+    if r.indications == 0 {
+        return Err(format!(
+            "receive on `{conn}` by indication: expected the data indicated, seen no \
+             indication ({} postings){}",
+            r.postings,
+            cite(items)
+        ));
+    }
+    if accept.is_some() && r.partial == 0 {
+        return Err(format!(
+            "receive on `{conn}`: expected at least one indication larger than `accept` \
+             (partly refused), seen none in {} indications{}",
+            r.indications,
+            cite(items)
+        ));
+    }
+    w.drain_events()?;
+    Ok(format!(
+        "{bytes} bytes by {} indications ({} partly refused, {} postings, {} NBLs returned), \
+         SHA-256 {want} as the peer sent",
+        r.indications, r.partial, r.postings, r.returned
+    ))
+}
+
 /// After a terminate: host-stack connections continue in the engine from the delegated
 /// state the offload target returned.
 fn resume_host_connections(
     w: &mut World<'_>,
-    returned: &[(usize, chimney_abi::TcpDelegated)],
+    returned: &[(usize, chimney_abi::TcpDelegated, super::link::Returned)],
 ) -> Result<(), String> {
-    for (i, d) in returned {
+    for (i, d, data) in returned {
         let name = w.objs[*i].name.clone();
         if !w.host_offloaded.remove(&name) {
             continue;
@@ -1729,10 +1853,12 @@ fn resume_host_connections(
             &n,
             &p,
             &t,
+            // Unacknowledged send data and received, undelivered data come back with it
+            // (§3.5.4, §3.5.5): the host stack retransmits the one and delivers the other.
             &chimney_abi::TcpData {
                 block: 0,
-                send: Vec::new(),
-                buffered: Vec::new(),
+                send: data.send.clone(),
+                buffered: data.buffered.clone(),
             },
         );
         w.host
@@ -1892,16 +2018,35 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
             bytes,
             mode,
             sha256,
+            accept,
+            written,
             ..
         } => match w.host.as_mut() {
-            Some(h) if h.has(conn) => host_receive(h, conn, *bytes, sha256.as_deref(), &items),
+            Some(h) if h.has(conn) => {
+                host_receive(h, conn, *bytes, *written, sha256.as_deref(), &items)
+            }
             Some(h) if h.is_parked(conn) && w.data_pair => {
                 if *mode == super::format::ReceiveMode::Indicated {
-                    return StepOutcome::Unsupported(INDICATED.into());
+                    step_offloaded_indicated(
+                        w,
+                        conn,
+                        *bytes,
+                        *accept,
+                        *written,
+                        sha256.as_deref(),
+                        &items,
+                    )
+                } else {
+                    step_offloaded_receive(w, conn, *bytes, *written, sha256.as_deref(), &items)
                 }
-                step_offloaded_receive(w, conn, *bytes, sha256.as_deref(), &items)
             }
             _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
+        },
+        Step::PeerWrite { conn, bytes, .. } => match w.host.as_mut() {
+            Some(h) => h
+                .peer_write(conn, *bytes)
+                .map(|_| format!("the peer of `{conn}` wrote {bytes} bytes (not read yet)")),
+            None => Err(format!("no connection `{conn}` (open it first)")),
         },
         Step::Peer { conn, action, .. } => {
             use super::format::PeerAction;
