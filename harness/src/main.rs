@@ -37,6 +37,50 @@ enum Command {
     Coverage(ListArgs),
     /// The foundation sequence of issue 2 as PASS/FAIL lines (kept for diagnosis).
     Smoke(chimney_harness::smoke::SmokeOptions),
+    /// Boot a QEMU guest (TCG) whose guest agent owns the NIC through the guest-driver's
+    /// Linux binding and runs scenarios through the device against a real Linux peer
+    /// (docs/qemu.md). Needs root and QEMU 10. Exit status 0 only if everything passed.
+    Qemu(QemuArgs),
+    /// Inside a QEMU guest (started by `qemu`): take the virtio-net function, run the
+    /// scenarios, report TAP lines and a JSON summary on the console.
+    GuestAgent(GuestAgentArgs),
+}
+
+#[derive(Args, Debug)]
+struct QemuArgs {
+    /// Scenario files or directories (default: images/scenarios, the QEMU smoke suite).
+    paths: Vec<PathBuf>,
+    /// Only scenarios whose name matches this glob.
+    #[arg(long, value_name = "GLOB")]
+    filter: Option<String>,
+    /// Master seed (printed; pass it back to replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The guest agent executable (default: this executable).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// The chimney-device executable (default: found/built like `run` does).
+    #[arg(long, value_name = "PATH")]
+    device: Option<PathBuf>,
+    /// Where logs, console and pcap go (default: target/qemu-runs/<pid>).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Bound for the whole run after the image is ready, in seconds.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=7200))]
+    timeout: u64,
+    /// Fault injection: kill the device once the peer has read this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    kill_device_after: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct GuestAgentArgs {
+    /// Scenario files or directories.
+    paths: Vec<PathBuf>,
+    #[arg(long, value_name = "GLOB")]
+    filter: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +290,59 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn qemu(a: &QemuArgs) -> anyhow::Result<ExitCode> {
+    use chimney_harness::qemu;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("chimney-harness qemu needs root (network namespace, TAP, QEMU with the device)");
+    }
+    let major =
+        qemu::qemu_major(std::path::Path::new("qemu-system-x86_64")).map_err(anyhow::Error::msg)?;
+    if major < 10 {
+        bail!(
+            "qemu-system-x86_64 is version {major}: QEMU 7.2 segfaults under TCG with \
+             vhost-user-net; run scripts/install-qemu (QEMU 10 from bookworm-backports)"
+        );
+    }
+    scenario::cleanup::install_interrupt_handler();
+    let agent = match &a.agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding this executable")?,
+    };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let paths = if a.paths.is_empty() {
+        vec![repo.join("images/scenarios")]
+    } else {
+        a.paths.clone()
+    };
+    let log_dir = a.log_dir.clone().unwrap_or_else(|| {
+        repo.join("target/qemu-runs")
+            .join(std::process::id().to_string())
+    });
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let mut opts = qemu::QemuOptions::new(agent, paths, log_dir.clone());
+    opts.device = a.device.clone();
+    opts.filter = a.filter.clone();
+    opts.seed = seed;
+    opts.timeout = Duration::from_secs(a.timeout);
+    opts.kill_device_after_peer_bytes = a.kill_device_after;
+    opts.repo = repo;
+    println!(
+        "chimney-harness qemu: seed {seed} (replay: --seed {seed}), logs in {}",
+        log_dir.display()
+    );
+    let report = qemu::run(&opts).map_err(anyhow::Error::msg)?;
+    print!("{}", report.text());
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -256,6 +353,15 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::List(a) => list(a),
         Command::Coverage(a) => coverage(a),
+        Command::Qemu(a) => qemu(a),
+        Command::GuestAgent(a) => {
+            let code = chimney_harness::guest::agent_main(&chimney_harness::guest::AgentOptions {
+                paths: a.paths.clone(),
+                filter: a.filter.clone(),
+                seed: a.seed,
+            });
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Smoke(opts) => {
             let report = chimney_harness::smoke::run(opts);
             print!("{report}");

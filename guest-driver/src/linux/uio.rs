@@ -32,6 +32,8 @@ use super::pci::{parse_resource, PciError, VirtioPciLayout, VirtioRegion};
 use crate::platform::{DmaRegion, Platform, PlatformError, WaitOutcome};
 
 pub const HUGE_PAGE: usize = 2 << 20;
+const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 /// virtio 1.x common configuration offsets (§4.1.4.3).
 pub mod common {
@@ -248,7 +250,7 @@ impl UioPlatform {
             .write(true)
             .open(std::format!("/dev/uio{uio_index}"))
             .map_err(io("open /dev/uioN"))?;
-        Ok(UioPlatform {
+        let me = UioPlatform {
             sysfs,
             layout,
             bars,
@@ -256,7 +258,11 @@ impl UioPlatform {
             next_free: Mutex::new((0, 0)),
             uio,
             notify_offsets: Mutex::new(Vec::new()),
-        })
+        };
+        // Bus mastering on before the device may touch memory (DMA of the rings).
+        me.unmask_intx()
+            .map_err(io("enable bus mastering (PCI command register)"))?;
+        Ok(me)
     }
 
     /// One locked 2 MiB huge page and its bus address, checked contiguous page by page.
@@ -445,7 +451,10 @@ impl UioPlatform {
     }
 
     /// uio_pci_generic masks INTx after each interrupt: clear PCI_COMMAND bit 10
-    /// (INTx disable) through sysfs config to take the next one.
+    /// (INTx disable) through sysfs config to take the next one. The same write keeps bus
+    /// mastering (bit 2) and memory space (bit 1) on: uio_pci_generic does not enable bus
+    /// mastering, and QEMU's virtio-pci clears DRIVER_OK (stopping a vhost-user backend)
+    /// on every command-register write without it.
     fn unmask_intx(&self) -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .read(true)
@@ -454,7 +463,7 @@ impl UioPlatform {
         let mut cmd = [0u8; 2];
         f.seek(SeekFrom::Start(4))?;
         f.read_exact(&mut cmd)?;
-        let v = u16::from_le_bytes(cmd) & !(1 << 10);
+        let v = (u16::from_le_bytes(cmd) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY) & !(1 << 10);
         f.seek(SeekFrom::Start(4))?;
         f.write_all(&v.to_le_bytes())
     }
@@ -578,7 +587,10 @@ pub fn find_virtio_net() -> Result<String, UioError> {
         if read("vendor") == Some(super::pci::VIRTIO_PCI_VENDOR)
             && matches!(
                 read("device"),
-                Some(super::pci::VIRTIO_NET_MODERN_DEVICE | super::pci::VIRTIO_NET_TRANSITIONAL_DEVICE)
+                Some(
+                    super::pci::VIRTIO_NET_MODERN_DEVICE
+                        | super::pci::VIRTIO_NET_TRANSITIONAL_DEVICE
+                )
             )
         {
             return Ok(bdf);

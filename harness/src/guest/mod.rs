@@ -68,15 +68,22 @@ pub fn bring_up(seed: u64) -> Result<Machine<UioPlatform>, String> {
     let uio = bind_uio_pci_generic(&bdf).map_err(|e| format!("{bdf}: {e}"))?;
     let p = Arc::new(UioPlatform::open(&bdf, uio, DMA_PAGES).map_err(|e| format!("{bdf}: {e}"))?);
     let features = p
-        .negotiate(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ | VIRTIO_RING_F_EVENT_IDX)
+        .negotiate(
+            VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MQ | VIRTIO_NET_F_CTRL_VQ | VIRTIO_RING_F_EVENT_IDX,
+        )
         .map_err(|e| format!("feature negotiation: {e}"))?;
     for (bit, name) in [
         (VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
-        (VIRTIO_NET_F_MQ, "VIRTIO_NET_F_MQ (start QEMU with mq=on and queues>=3)"),
+        (
+            VIRTIO_NET_F_MQ,
+            "VIRTIO_NET_F_MQ (start QEMU with mq=on and queues>=3)",
+        ),
         (VIRTIO_NET_F_CTRL_VQ, "VIRTIO_NET_F_CTRL_VQ"),
     ] {
         if features & bit == 0 {
-            return Err(format!("the device did not offer {name} (features {features:#x})"));
+            return Err(format!(
+                "the device did not offer {name} (features {features:#x})"
+            ));
         }
     }
     let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
@@ -91,7 +98,8 @@ pub fn bring_up(seed: u64) -> Result<Machine<UioPlatform>, String> {
     }
     let mut queues = Vec::new();
     for q in 0..2 * PAIRS {
-        let vq = Virtqueue::new(&*p, q, QUEUE_SIZE, event_idx).map_err(|e| format!("queue {q}: {e}"))?;
+        let vq =
+            Virtqueue::new(&*p, q, QUEUE_SIZE, event_idx).map_err(|e| format!("queue {q}: {e}"))?;
         p.setup_queue(q, QUEUE_SIZE, vq.addresses())
             .map_err(|e| format!("queue {q}: {e}"))?;
         queues.push(vq);
@@ -143,7 +151,10 @@ fn load(opts: &AgentOptions) -> Result<Vec<crate::scenario::Scenario>, String> {
         out.retain(|s| crate::scenario::format::glob_match(g, &s.name));
     }
     if out.is_empty() {
-        return Err(format!("no scenarios in {:?} (filter {:?})", opts.paths, opts.filter));
+        return Err(format!(
+            "no scenarios in {:?} (filter {:?})",
+            opts.paths, opts.filter
+        ));
     }
     Ok(out)
 }
@@ -182,9 +193,17 @@ pub fn run_all<P: chimney_miniport::Platform>(
             });
             continue;
         };
-        say(&format!("CHIMNEY scenario {} start seed={scenario_seed}", sc.name));
+        say(&format!(
+            "CHIMNEY scenario {} start seed={scenario_seed}",
+            sc.name
+        ));
         let r = runner::run_scenario(m, link, sc, scenario_seed, |i, name| {
-            say(&format!("CHIMNEY step {} {} {name} start uptime={:.2}", sc.name, i + 1, uptime()));
+            say(&format!(
+                "CHIMNEY step {} {} {name} start uptime={:.2}",
+                sc.name,
+                i + 1,
+                uptime()
+            ));
         });
         for st in &r.steps {
             if st.outcome == GuestOutcome::Failed && st.detail.contains(DEVICE_GONE) {
@@ -207,7 +226,11 @@ pub fn run_all<P: chimney_miniport::Platform>(
 /// The agent's main: bring-up, scenarios, report. Returns the process exit status (0 only
 /// if everything passed).
 pub fn agent_main(opts: &AgentOptions) -> i32 {
-    say(&format!("CHIMNEY agent start uptime={:.2} seed={}", uptime(), opts.seed));
+    say(&format!(
+        "CHIMNEY agent start uptime={:.2} seed={}",
+        uptime(),
+        opts.seed
+    ));
     let fail = |fatal: String| {
         let s = GuestSummary {
             agent: format!("chimney-harness {} guest-agent", env!("CARGO_PKG_VERSION")),
@@ -217,7 +240,10 @@ pub fn agent_main(opts: &AgentOptions) -> i32 {
             fatal: Some(fatal),
         };
         say(&s.tap());
-        say(&format!("{SUMMARY_PREFIX}{}", serde_json::to_string(&s).unwrap_or_default()));
+        say(&format!(
+            "{SUMMARY_PREFIX}{}",
+            serde_json::to_string(&s).unwrap_or_default()
+        ));
         1
     };
     let scenarios = match load(opts) {

@@ -153,7 +153,9 @@ mod tests {
              {SUMMARY_PREFIX}{}\r\n[ 2.0] reboot: Power down\n",
             serde_json::to_string(&s).expect("json")
         );
-        let got = parse_summary(&console).expect("summary line").expect("valid");
+        let got = parse_summary(&console)
+            .expect("summary line")
+            .expect("valid");
         assert_eq!(got, s);
         assert!(got.passed());
     }

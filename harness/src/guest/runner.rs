@@ -175,8 +175,7 @@ pub fn run_scenario<P: Platform>(
         })
         .collect();
     let mut outcome = GuestOutcome::Passed;
-    if sc.device.policy.is_some() || sc.device.max_tcp.is_some() || sc.device.max_paths.is_some()
-    {
+    if sc.device.policy.is_some() || sc.device.max_tcp.is_some() || sc.device.max_paths.is_some() {
         // The device of a QEMU run is started once, with default settings.
         if let Some(s) = steps.first_mut() {
             s.outcome = GuestOutcome::Unsupported;
@@ -266,7 +265,12 @@ impl<P: Platform> Run<'_, P> {
                 }
                 self.offload(conn)
             }
-            Step::Send { conn, bytes, pattern, .. } => {
+            Step::Send {
+                conn,
+                bytes,
+                pattern,
+                ..
+            } => {
                 if pattern != "seeded" {
                     return Res::Unsupported(format!("send pattern `{pattern}`"));
                 }
@@ -374,7 +378,10 @@ impl<P: Platform> Run<'_, P> {
                 peer_asked: 0,
             },
         );
-        Ok(format!("{} → {} established in the host stack", t.local, t.remote))
+        Ok(format!(
+            "{} → {} established in the host stack",
+            t.local, t.remote
+        ))
     }
 
     fn offload(&mut self, name: &str) -> MResult<String> {
@@ -384,12 +391,7 @@ impl<P: Platform> Run<'_, P> {
             .ok_or_else(|| format!("`{name}` is not in the host stack"))?;
         // C-070: a synchronized connection; everything sent is acknowledged first.
         let until = Instant::now() + STALL_LIMIT;
-        while !self
-            .m
-            .engine
-            .tcb(h)
-            .is_ok_and(|t| t.snd_una == t.snd_max)
-        {
+        while !self.m.engine.tcb(h).is_ok_and(|t| t.snd_una == t.snd_max) {
             if Instant::now() > until {
                 return Err(format!(
                     "`{name}`: sent data not acknowledged within {STALL_LIMIT:?}"
@@ -557,11 +559,11 @@ impl<P: Platform> Run<'_, P> {
                 }
             }
         } else {
-            let tcp = off.ok_or_else(|| format!("`{name}` is neither in the host stack nor offloaded"))?;
+            let tcp =
+                off.ok_or_else(|| format!("`{name}` is neither in the host stack nor offloaded"))?;
             if mode == ReceiveMode::Indicated {
                 return Err(
-                    "receive mode indicated: the agent posts buffers; use mode = \"posted\""
-                        .into(),
+                    "receive mode indicated: the agent posts buffers; use mode = \"posted\"".into(),
                 );
             }
             // Buffers first, then the peer writes (C-158: data goes into posted buffers).
@@ -655,10 +657,9 @@ impl<P: Platform> Run<'_, P> {
         let mut out = Vec::new();
         for name in names {
             let c = self.conn(&name)?;
-            let (handles, export) = c
-                .offloaded
-                .take()
-                .ok_or_else(|| format!("`{name}` is not offloaded (only connections terminate here)"))?;
+            let (handles, export) = c.offloaded.take().ok_or_else(|| {
+                format!("`{name}` is not offloaded (only connections terminate here)")
+            })?;
             let import = !c.ended_in_device;
             let h = self.m.upload(handles, &export, import)?;
             let c = self.conn(&name)?;
@@ -684,7 +685,9 @@ impl<P: Platform> Run<'_, P> {
                 n.parse().map_err(|_| format!("peer answer `{a}`"))?,
                 sha.to_string(),
             )),
-            _ => Err(format!("peer answered `{a}`, expected RESULT <bytes> <sha256>")),
+            _ => Err(format!(
+                "peer answered `{a}`, expected RESULT <bytes> <sha256>"
+            )),
         }
     }
 
@@ -706,11 +709,10 @@ impl<P: Platform> Run<'_, P> {
             r.map_err(|e| format!("close: {e}"))?;
             self.m.poll(Duration::ZERO)?;
         } else {
-            let tcp = c
-                .offloaded
-                .as_ref()
-                .map(|o| o.0[0])
-                .ok_or_else(|| format!("`{name}` is neither in the host stack nor offloaded"))?;
+            let tcp =
+                c.offloaded.as_ref().map(|o| o.0[0]).ok_or_else(|| {
+                    format!("`{name}` is neither in the host stack nor offloaded")
+                })?;
             let id = self.m.id();
             self.m.submit(DataRequest::Disconnect {
                 handle: tcp,
@@ -746,7 +748,9 @@ impl<P: Platform> Run<'_, P> {
                 Ok((n, _)) => Err(format!(
                     "abortive close: expected the peer to see a reset, seen EOF after {n} bytes"
                 )),
-                Err(e) => Err(format!("abortive close: expected a reset at the peer, seen: {e}")),
+                Err(e) => Err(format!(
+                    "abortive close: expected a reset at the peer, seen: {e}"
+                )),
             };
         }
         let (n, sha) = r?;
@@ -757,7 +761,9 @@ impl<P: Platform> Run<'_, P> {
                  {want}"
             ));
         }
-        Ok(format!("closed; the peer received {n} bytes, SHA-256 {sha} as sent"))
+        Ok(format!(
+            "closed; the peer received {n} bytes, SHA-256 {sha} as sent"
+        ))
     }
 
     fn peer_cmd(&mut self, name: &str, verb: &str) -> MResult<String> {
@@ -828,4 +834,3 @@ impl<P: Platform> Run<'_, P> {
         self.m.records.clear();
     }
 }
-

@@ -80,8 +80,7 @@ impl PeerService {
         // lives there.
         let thread = ns
             .spawn("peer-service", move || {
-                let l = match TcpListener::bind(SocketAddr::new(PEER_IPV4.into(), CONTROL_PORT))
-                {
+                let l = match TcpListener::bind(SocketAddr::new(PEER_IPV4.into(), CONTROL_PORT)) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("bind control port: {e}")));
@@ -118,7 +117,12 @@ fn note(log: &Mutex<Vec<String>>, line: String) {
     log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
 }
 
-fn serve_control(l: TcpListener, stop: &AtomicBool, bytes: &Arc<AtomicU64>, log: &Mutex<Vec<String>>) {
+fn serve_control(
+    l: TcpListener,
+    stop: &AtomicBool,
+    bytes: &Arc<AtomicU64>,
+    log: &Mutex<Vec<String>>,
+) {
     if l.set_nonblocking(true).is_err() {
         return;
     }
@@ -185,7 +189,11 @@ fn serve_one(
     }
 }
 
-fn handle(req: &str, bytes: &Arc<AtomicU64>, conns: &mut HashMap<u16, DataConn>) -> Result<String, String> {
+fn handle(
+    req: &str,
+    bytes: &Arc<AtomicU64>,
+    conns: &mut HashMap<u16, DataConn>,
+) -> Result<String, String> {
     let w: Vec<&str> = req.split_whitespace().collect();
     let port = |i: usize| -> Result<u16, String> {
         w.get(i)
@@ -220,14 +228,21 @@ fn handle(req: &str, bytes: &Arc<AtomicU64>, conns: &mut HashMap<u16, DataConn>)
             if conns.contains_key(&p) {
                 return Err(format!("port {p} is already in use"));
             }
-            let l = TcpListener::bind(SocketAddr::new(ip, p)).map_err(|e| format!("bind {ip}:{p}: {e}"))?;
+            let l = TcpListener::bind(SocketAddr::new(ip, p))
+                .map_err(|e| format!("bind {ip}:{p}: {e}"))?;
             let (tx, rx) = mpsc::channel();
             let b = bytes.clone();
             let done = std::thread::Builder::new()
                 .name(format!("peer-{p}"))
                 .spawn(move || accept(&l).and_then(|s| serve_data(s, rx, seed, &b)))
                 .map_err(|e| format!("thread: {e}"))?;
-            conns.insert(p, DataConn { cmd: tx, done: Some(done) });
+            conns.insert(
+                p,
+                DataConn {
+                    cmd: tx,
+                    done: Some(done),
+                },
+            );
             Ok("OK".into())
         }
         Some("WRITE") => send(conns, port(1)?, Cmd::Write(num(2, "n")?)),
@@ -238,12 +253,16 @@ fn handle(req: &str, bytes: &Arc<AtomicU64>, conns: &mut HashMap<u16, DataConn>)
         Some("RESULT") => {
             let p = port(1)?;
             let secs = num(2, "seconds")?.min(600);
-            let c = conns.get_mut(&p).ok_or(format!("no connection on port {p}"))?;
+            let c = conns
+                .get_mut(&p)
+                .ok_or(format!("no connection on port {p}"))?;
             let limit = Instant::now() + Duration::from_secs(secs);
             let done = c.done.as_ref().ok_or("result already taken")?;
             while !done.is_finished() {
                 if Instant::now() > limit {
-                    return Err(format!("the connection on port {p} has not ended after {secs} s"));
+                    return Err(format!(
+                        "the connection on port {p} has not ended after {secs} s"
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -528,6 +528,11 @@ pub enum Step {
         bytes: u64,
         #[serde(default = "seeded")]
         pattern: String,
+        /// Offloaded connection: wait for every send completion (default). `false` hands
+        /// the NBLs over and goes on: a later `terminate` must return what was not
+        /// acknowledged in its NetBufferListChain, byte-exact from SndUna (C-115).
+        #[serde(default = "yes")]
+        wait: bool,
         #[serde(default)]
         verifies: Vec<ItemId>,
     },

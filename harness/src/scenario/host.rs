@@ -360,6 +360,31 @@ impl HostStack {
             .map_err(|_| format!("the peer of `{name}` has already stopped"))
     }
 
+    /// The peer vanishes: in its namespace the guest's addresses now resolve to a MAC no
+    /// one has, so nothing the kernel sends reaches the device (which takes offloaded
+    /// frames only on its own MAC, C-048) or the host stack. What the device sends still
+    /// reaches the kernel, whose answers are lost the same way.
+    pub fn go_silent(ns: &NetNs, tap: &str) -> Result<String, String> {
+        const NOBODY: &str = "02:00:00:00:de:ad";
+        for ip in [GUEST_IPV4.to_string(), GUEST_IPV6.to_string()] {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                NOBODY,
+                "dev",
+                tap,
+                "nud",
+                "permanent",
+            ])
+            .map_err(|e| format!("go_silent: ip neigh replace {ip}: {e}"))?;
+        }
+        Ok(format!(
+            "the peer went silent: its frames to {GUEST_IPV4} / {GUEST_IPV6} go to {NOBODY}"
+        ))
+    }
+
     /// Ask the peer to write `n` more bytes; returns the SHA-256 those bytes have.
     pub fn peer_write(&mut self, name: &str, n: u64) -> Result<[u8; 32], String> {
         let c = self.conn_mut(name)?;

@@ -571,6 +571,46 @@ impl Link<'_> {
         Ok((st, done))
     }
 
+    /// `NdisOffloadTcpSend` of `data` in NBLs of at most 64 KiB without waiting; returns the
+    /// handler's status and the NBL ids.
+    pub fn send_nowait(
+        &mut self,
+        ctx: u64,
+        data: &[u8],
+        first_id: u64,
+    ) -> Result<(NdisStatus, Vec<u64>), String> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Err("data through the miniport needs the NDIS driver".into());
+        };
+        let nbls: Vec<_> = data
+            .chunks(64 << 10)
+            .enumerate()
+            .map(|(i, c)| {
+                chimney_miniport::ndis::nbl::NetBufferList::with_data(first_id + i as u64, c)
+            })
+            .collect();
+        let ids = nbls.iter().map(|n| n.id).collect();
+        let st = ndis.send(ctx, nbls).map_err(|e| e.to_string())?;
+        Ok((st, ids))
+    }
+
+    /// Bytes of the NBLs `ids` that completed with SUCCESS so far (a prefix, C-140).
+    pub fn sends_completed(&self, ids: &[u64]) -> usize {
+        let Link::Ndis { ndis, .. } = self else {
+            return 0;
+        };
+        ndis.model
+            .log
+            .iter()
+            .flat_map(|c| match c {
+                Callback::SendComplete(v) => v.as_slice(),
+                _ => &[],
+            })
+            .filter(|n| ids.contains(&n.id) && n.status == NdisStatus::SUCCESS)
+            .map(|n| n.info.tcp_offload_bytes_transferred as usize)
+            .sum()
+    }
+
     /// `NdisOffloadTcpDisconnect` (graceful or abortive); waits for its completion.
     pub fn disconnect(
         &mut self,

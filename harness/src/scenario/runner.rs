@@ -169,9 +169,6 @@ const DATA_RINGS: &str = "unsupported by this device build and harness setup: da
      and a data pair (`[device] queue_pairs = 3`, `driver = \"ndis\"`); objects from \
      `offload_set`/`offload` have no peer socket to move data with";
 
-const GO_SILENT: &str = "unsupported by this harness build: `peer = { action = \"go_silent\" }` \
-     needs the peer's frames dropped at the TAP, which the harness cannot do yet";
-
 /// The step kinds this harness/device build cannot run at all.
 fn unsupported_reason(step: &Step) -> Option<String> {
     match step {
@@ -181,10 +178,6 @@ fn unsupported_reason(step: &Step) -> Option<String> {
              after N bytes (see docs/vendor-guide.md)"
                 .into(),
         ),
-        Step::Peer {
-            action: super::format::PeerAction::GoSilent,
-            ..
-        } => Some(GO_SILENT.into()),
         _ => None,
     }
 }
@@ -273,6 +266,13 @@ struct World<'a> {
     host_conns: std::collections::HashSet<String>,
     /// Offloaded data moved already (an `impair` step after that cannot be honoured).
     offloaded_data_moved: bool,
+    /// Per connection: the bytes and NBL ids of sends not waited for (`wait = false`),
+    /// judged at its terminate (C-115).
+    unwaited: HashMap<String, (Vec<u8>, Vec<u64>)>,
+    /// Connections whose peer went silent, and the NBLs sent on them since: no ACK can
+    /// reach the device, so none may complete with SUCCESS (C-142).
+    silent: std::collections::HashSet<String>,
+    silent_sends: Vec<u64>,
     queue_size: u16,
     seed: u64,
     objs: Vec<Obj>,
@@ -793,10 +793,17 @@ fn step_offload_set(
         w.name_free(&name)?;
         let ctx = w.fresh_context();
         let idx = blocks.len();
+        let mut t = *t;
+        if w.data_pair {
+            // A device with a data path runs each connection in an engine, which refuses
+            // data in flight without the send data behind it: nothing in flight.
+            t.delegated.snd_nxt = t.delegated.snd_una;
+            t.delegated.snd_max = t.delegated.snd_una;
+        }
         blocks.push(block(
             OffloadStateType::Tcp,
             ctx,
-            InitiateBlock::New(ObjectState::Tcp(*t)),
+            InitiateBlock::New(ObjectState::Tcp(t)),
         ));
         names.push(Some(name));
         link_child(&mut blocks, pb, idx);
@@ -1218,7 +1225,14 @@ fn step_terminate(
     if let Some(m) = mismatch {
         return Err(m);
     }
-    Ok(format!("{} objects terminated", chosen.len()))
+    let (snd, buf) = returned
+        .iter()
+        .fold((0, 0), |(a, b), r| (a + r.send.len(), b + r.buffered.len()));
+    Ok(format!(
+        "{} objects terminated; handed back {snd} unacknowledged send bytes and {buf} \
+         buffered received bytes",
+        chosen.len()
+    ))
 }
 
 fn event_matches(e: &Event, kind: EventKind, reason: Option<u32>) -> bool {
@@ -1580,6 +1594,45 @@ fn step_offloaded_send(w: &mut World<'_>, conn: &str, bytes: u64, items: &[ItemI
     Ok(format!(
         "{bytes} bytes in {} NBLs sent and completed through the miniport",
         done.len()
+    ))
+}
+
+/// Send on an offloaded connection without waiting for the completions (C-138: PENDING):
+/// the NBLs stay with the miniport; `terminate` judges what comes back (C-115).
+fn step_offloaded_send_nowait(
+    w: &mut World<'_>,
+    conn: &str,
+    bytes: u64,
+    items: &[ItemId],
+) -> StepResult {
+    let i = w.find(conn)?;
+    let ctx = w.objs[i].handle.0;
+    let n = usize::try_from(bytes).map_err(|_| "too many bytes".to_string())?;
+    let data = w
+        .host
+        .as_mut()
+        .ok_or("host stack missing")?
+        .take_bytes(conn, n)?;
+    w.next_context += 1;
+    let first_id = w.next_context << 16;
+    w.offloaded_data_moved = true;
+    let (st, ids) = w.link.send_nowait(ctx, &data, first_id)?;
+    if st != NdisStatus::PENDING {
+        w.monitor.violate(
+            138,
+            format!("the send handler returned {st}, only PENDING is allowed"),
+        );
+    }
+    if w.silent.contains(conn) {
+        w.silent_sends.extend(&ids);
+    }
+    let e = w.unwaited.entry(conn.to_string()).or_default();
+    e.0.extend_from_slice(&data);
+    e.1.extend(ids);
+    w.drain_events()?;
+    Ok(format!(
+        "{bytes} bytes handed to the send handler (not waiting for completions){}",
+        cite(items)
     ))
 }
 
@@ -1984,8 +2037,13 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
         Step::OffloadConnection { conn, expect, .. } => {
             step_offload_connection(w, conn, *expect, &items)
         }
-        Step::Send { conn, bytes, .. } => match w.host.as_mut() {
+        Step::Send {
+            conn, bytes, wait, ..
+        } => match w.host.as_mut() {
             Some(h) if h.has(conn) => h.send(conn, *bytes),
+            Some(h) if h.is_parked(conn) && w.data_pair && !*wait => {
+                step_offloaded_send_nowait(w, conn, *bytes, &items)
+            }
             Some(h) if h.is_parked(conn) && w.data_pair => {
                 step_offloaded_send(w, conn, *bytes, &items)
             }
@@ -2056,7 +2114,21 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
                 PeerAction::Reset => PeerCmd::Reset,
                 PeerAction::StopReading => PeerCmd::StopReading,
                 PeerAction::ResumeReading => PeerCmd::ResumeReading,
-                PeerAction::GoSilent => return StepOutcome::Unsupported(GO_SILENT.into()),
+                PeerAction::GoSilent => {
+                    let Some(ns) = w.ns else {
+                        return StepOutcome::Unsupported(
+                            "unsupported with --device-socket: `go_silent` needs the peer's \
+                             namespace"
+                                .into(),
+                        );
+                    };
+                    let r = super::host::HostStack::go_silent(ns, "tap0");
+                    w.silent.insert(conn.clone());
+                    return match r {
+                        Ok(s) => StepOutcome::Passed(s),
+                        Err(e) => StepOutcome::Failed(e),
+                    };
+                }
             };
             match w.host.as_mut() {
                 Some(h) => h
@@ -2325,6 +2397,9 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         host_offloaded: Default::default(),
         host_conns: Default::default(),
         offloaded_data_moved: false,
+        unwaited: HashMap::new(),
+        silent: Default::default(),
+        silent_sends: Vec::new(),
         data_pair,
         queue_size: opts.queue_size,
         seed,
