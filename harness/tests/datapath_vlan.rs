@@ -7,6 +7,7 @@
 //!   an update to priority 0 makes later frames untagged (C-152, C-178, C-091);
 //! * neighbor VlanId 7: the device tags VID 7 / PCP = UserPriority, and discards the peer's
 //!   untagged frames (C-178), counted as InDiscards (§3.11).
+//!
 //! Needs root.
 
 mod datapath_rig;

@@ -539,7 +539,7 @@ fn capture_loop(
         }
         // Frames the kernel sends out of the TAP are PACKET_OUTGOING; the device's arrive
         // as incoming.
-        let from_device = from.sll_pkttype != libc::PACKET_OUTGOING as u8;
+        let from_device = from.sll_pkttype != libc::PACKET_OUTGOING;
         frames
             .lock()
             .unwrap_or_else(|p| p.into_inner())
