@@ -1519,6 +1519,13 @@ where
                 OpKind::Terminate => {
                     if let Some(v) = ctx {
                         if status == NdisStatus::SUCCESS {
+                            // A connection the device closed (retransmissions timed out)
+                            // exports no send data: nothing outstanding was acknowledged.
+                            let dev_closed = matches!(
+                                &state,
+                                Some(QueriedState::Tcp { delegated: Some(d), .. })
+                                    if d.state == chimney_abi::TcpConnectionState::Closed
+                            );
                             if let (Some(s), Some(_)) = (state, b.state.as_ref()) {
                                 b.state = Some(s);
                             }
@@ -1542,7 +1549,14 @@ where
                                 // then what the device still held (§3.5.5).
                                 let mut buffered = self.io.leftovers.remove(&v).unwrap_or_default();
                                 buffered.extend_from_slice(&upload.buffered);
-                                let sends = self.upload_io(v, h, upload.send.len());
+                                // Closed without UPLOAD_DATA: every outstanding send goes
+                                // back unacknowledged (C-142: SUCCESS only after an ACK).
+                                let unacked = if dev_closed && upload.send.is_empty() {
+                                    usize::MAX
+                                } else {
+                                    upload.send.len()
+                                };
+                                let sends = self.upload_io(v, h, unacked);
                                 if !sends.is_empty() {
                                     b.net_buffer_list_chain = sends;
                                 }

@@ -174,8 +174,9 @@ fn unsupported_reason(step: &Step) -> Option<String> {
     match step {
         Step::InjectEvent { .. } => Some(
             "unsupported by this harness build: `inject_event` needs a way to make the \
-             device raise an event on demand; the device's `--policy` raises events only \
-             after N bytes (see docs/vendor-guide.md)"
+             device raise an event on demand; the device raises events by policy instead \
+             (`[device] policy`: `[[event]]` retrieve/send_backlog after N bytes, `[adapter]` \
+             OFFLOAD_PAUSE / UPLOAD_ALL / OFFLOAD_RESUME; docs/vendor-guide.md)"
                 .into(),
         ),
         _ => None,
@@ -653,6 +654,11 @@ fn new_object(w: &mut World<'_>, spec: &BlockSpec, kind: Kind) -> Result<ObjectS
             }
             if let Some(v) = spec.initial_rcv_wnd {
                 t.cached.initial_rcv_wnd = v;
+            }
+            if w.data_pair {
+                // An engine refuses data in flight without its send data (see offload_set).
+                t.delegated.snd_nxt = t.delegated.snd_una;
+                t.delegated.snd_max = t.delegated.snd_una;
             }
             ObjectState::Tcp(t)
         }
