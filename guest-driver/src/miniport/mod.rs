@@ -250,6 +250,10 @@ pub struct ChimneyMiniport<P: Platform, H> {
     io: DataIo,
     run_state: RunState,
     violations: HostViolations,
+    /// REACHABILITY_ANSWER requests in flight (C-226); their completions are dropped.
+    answers: Vec<u64>,
+    /// Answers the device refused or that could not be sent.
+    pub reachability_answers_failed: u32,
     stats: OffloadStats,
     timeout: Duration,
 }
@@ -380,6 +384,8 @@ where
             io: DataIo::default(),
             run_state: RunState::Running,
             violations: HostViolations::default(),
+            answers: Vec::new(),
+            reachability_answers_failed: 0,
             stats: OffloadStats::default(),
             timeout: cfg.timeout,
         })
@@ -1289,6 +1295,18 @@ where
         }
         // 2. Completions from the device.
         self.control.poll(&self.platform)?;
+        let mut k = 0;
+        while k < self.answers.len() {
+            match self.control.take_completion(self.answers[k]) {
+                Some(c) => {
+                    if c.status != NdisStatus::SUCCESS {
+                        self.reachability_answers_failed += 1;
+                    }
+                    self.answers.swap_remove(k);
+                }
+                None => k += 1,
+            }
+        }
         let mut i = 0;
         while i < self.pending.len() {
             let id = self.pending[i].request_id;
@@ -1621,7 +1639,27 @@ where
                     let root = BlockListRef::new(BlockTree {
                         blocks: alloc::vec![b],
                     });
-                    ndis.offload_event_indicate(Some(root), e.code);
+                    ndis.offload_event_indicate(Some(root.clone()), e.code);
+                    // C-226: the host wrote its HRD into the block's CACHED structure; the
+                    // device sets HRT = NCT − HRD with it.
+                    let hrd = match root.read().blocks.first().and_then(|b| b.state) {
+                        Some(QueriedState::Neighbor {
+                            cached: Some(c), ..
+                        }) => Some(c.host_reachability_delta),
+                        _ => None,
+                    };
+                    if let (Some(hrd), Some(h)) = (hrd, c.device) {
+                        match self.control.submit(
+                            &self.platform,
+                            RequestBody::ReachabilityAnswer(chimney_abi::ReachabilityAnswer {
+                                handle: h,
+                                host_reachability_delta: hrd,
+                            }),
+                        ) {
+                            Ok(id) => self.answers.push(id),
+                            Err(_) => self.reachability_answers_failed += 1,
+                        }
+                    }
                 } else {
                     // C-229: NULL block list for every other code.
                     ndis.offload_event_indicate(None, e.code);

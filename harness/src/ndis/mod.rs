@@ -132,6 +132,12 @@ pub struct NdisModel {
     pub indications: IndicationPolicy,
     /// Indicated NBLs the host accepted (SUCCESS) and has not yet returned (C-171).
     pub held: Vec<NetBufferList>,
+    /// The HRD the host writes back into a NeighborReachabilityQuery's block (C-226; 0 =
+    /// its NCE is stale, C-227).
+    pub reachability_hrd: u32,
+    /// Rules the miniport broke that only the host side can see: (C-item, what was seen).
+    /// The scenario runner drains them into its conformance monitor.
+    pub host_checks: Vec<(u16, String)>,
 }
 
 impl std::fmt::Debug for NdisModel {
@@ -160,6 +166,47 @@ impl NdisModel {
                 });
             }
             None => self.foreign_completions += 1,
+        }
+    }
+
+    /// C-225: a NeighborReachabilityQuery's block list is one Neighbor block, no
+    /// dependents, Status SUCCESS, followed by CONST, CACHED and DELEGATED.
+    fn check_reachability_query(&mut self, t: &BlockTree) {
+        let b = match t.blocks.as_slice() {
+            [b] => b,
+            other => {
+                self.host_checks.push((
+                    225,
+                    format!("reachability query with {} blocks, expected 1", other.len()),
+                ));
+                return;
+            }
+        };
+        let complete = matches!(
+            b.state,
+            Some(chimney_abi::QueriedState::Neighbor {
+                konst: Some(_),
+                cached: Some(_),
+                delegated: Some(_),
+            })
+        );
+        if b.state_type() != Some(chimney_abi::OffloadStateType::Neighbor)
+            || b.dependent_block_list.is_some()
+            || b.next_block.is_some()
+            || b.status != NdisStatus::SUCCESS
+            || !complete
+        {
+            self.host_checks.push((
+                225,
+                format!(
+                    "reachability query block: type {:?}, dependent {:?}, next {:?}, status {}, \
+                     const+cached+delegated present {complete}",
+                    b.state_type(),
+                    b.dependent_block_list,
+                    b.next_block,
+                    b.status
+                ),
+            ));
         }
     }
 
@@ -290,9 +337,25 @@ impl NdisMiniportServices<Adapter> for NdisModel {
         self.on_complete(OpKind::Query, root)
     }
     fn offload_event_indicate(&mut self, block_list: Option<BlockListRef>, code: u32) {
+        // The block list is the miniport's (it reads the host's answer after the call):
+        // the host writes into it and keeps a copy, nothing is poisoned.
+        let tree = block_list.map(|b| {
+            if code == chimney_abi::event::offload_event::NEIGHBOR_REACHABILITY_QUERY {
+                let mut t = b.write();
+                self.check_reachability_query(&t);
+                // C-226/C-227: the host's HRD goes into the block's CACHED structure.
+                if let Some(chimney_abi::QueriedState::Neighbor {
+                    cached: Some(c), ..
+                }) = t.blocks.first_mut().and_then(|b| b.state.as_mut())
+                {
+                    c.host_reachability_delta = self.reachability_hrd;
+                }
+            }
+            b.read().clone()
+        });
         self.log.push(Callback::OffloadEvent {
             code,
-            block_list: block_list.map(|b| b.take_and_poison()),
+            block_list: tree,
         });
     }
     fn indicate_status_ex(&mut self, indication: &StatusIndication) {

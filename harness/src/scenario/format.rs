@@ -39,6 +39,10 @@ pub struct Scenario {
     pub driver: DriverKind,
     #[serde(default)]
     pub device: DeviceSettings,
+    /// What the host sets with OID_TCP_CONNECTION_OFFLOAD_PARAMETERS (C-011) before the
+    /// first step; unnamed fields keep their defaults.
+    #[serde(default)]
+    pub parameters: ParameterSettings,
     #[serde(rename = "step")]
     pub steps: Vec<Step>,
     /// Where it was loaded from (not in the file).
@@ -47,6 +51,17 @@ pub struct Scenario {
     /// Line of each `[[step]]` header, for messages (not in the file).
     #[serde(skip)]
     pub step_lines: Vec<usize>,
+}
+
+/// `[parameters]`: NDIS_TCP_CONNECTION_OFFLOAD_PARAMETERS fields a scenario may set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSettings {
+    /// NceStaleTicks: how long a neighbor may go without confirmation before the offload
+    /// target asks the host (NeighborReachabilityQuery, C-224).
+    pub nce_stale_ticks: Option<u32>,
+    /// TcpMaximumRetransmissions (C-012; 1..=255).
+    pub tcp_maximum_retransmissions: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -552,6 +567,13 @@ pub enum Step {
         #[serde(default)]
         verifies: Vec<ItemId>,
     },
+    /// The HRD the host writes back into NeighborReachabilityQuery indications from now on
+    /// (C-226; 0, the default, says its NCE is stale, C-227).
+    Reachability {
+        hrd: u32,
+        #[serde(default)]
+        verifies: Vec<ItemId>,
+    },
     /// The peer writes `bytes` more of its seeded stream; nobody reads them yet (a later
     /// `receive` with `written = true` does, e.g. after a terminate returned them).
     PeerWrite {
@@ -626,6 +648,7 @@ impl Step {
             Step::Send { .. } => "send",
             Step::Receive { .. } => "receive",
             Step::PeerWrite { .. } => "peer_write",
+            Step::Reachability { .. } => "reachability",
             Step::Disconnect { .. } => "disconnect",
             Step::Peer { .. } => "peer",
             Step::Impair { .. } => "impair",
@@ -650,6 +673,7 @@ impl Step {
             | Step::Send { verifies, .. }
             | Step::Receive { verifies, .. }
             | Step::PeerWrite { verifies, .. }
+            | Step::Reachability { verifies, .. }
             | Step::Disconnect { verifies, .. }
             | Step::Peer { verifies, .. }
             | Step::Impair { verifies, .. }
@@ -769,6 +793,13 @@ fn validate(sc: &Scenario, _text: &str) -> Result<(), Invalid> {
             None,
             "device.max_tcp".into(),
             "0 is impossible: at least 1".into(),
+        ));
+    }
+    if sc.parameters.tcp_maximum_retransmissions == Some(0) {
+        return Err((
+            None,
+            "parameters.tcp_maximum_retransmissions".into(),
+            "0 is impossible: 1..=255".into(),
         ));
     }
     if let Some(q) = sc.device.queue_pairs {

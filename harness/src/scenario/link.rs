@@ -308,10 +308,28 @@ fn to_event(c: &Callback, seq: u64, handle_of: &dyn Fn(u64) -> Option<u64>) -> O
             sequence: seq,
             class: EventClass::OffloadEvent,
             status: NdisStatus::SUCCESS,
-            handle: None,
-            host_context: 0,
+            // A reachability query names its neighbor by the block's NdisOffloadHandle;
+            // `info` carries the HRD the host wrote back (C-226).
+            handle: block_list
+                .as_ref()
+                .and_then(|t| t.blocks.first())
+                .and_then(|b| handle_of(b.ndis_offload_handle))
+                .map(DeviceHandle),
+            host_context: block_list
+                .as_ref()
+                .and_then(|t| t.blocks.first())
+                .map_or(0, |b| b.ndis_offload_handle),
             code: *code,
-            info: 0,
+            info: match block_list
+                .as_ref()
+                .and_then(|t| t.blocks.first())
+                .and_then(|b| b.state)
+            {
+                Some(QueriedState::Neighbor {
+                    cached: Some(c), ..
+                }) => c.host_reachability_delta,
+                _ => 0,
+            },
             // Only whether a block list came matters to the checks (C-229).
             payload: if block_list.is_some() {
                 vec![1]
@@ -464,6 +482,25 @@ impl Link<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// NDIS: the HRD the host answers NeighborReachabilityQuery indications with (C-226).
+    pub fn set_reachability_hrd(&mut self, hrd: u32) -> bool {
+        match self {
+            Link::Ndis { ndis, .. } => {
+                ndis.model.reachability_hrd = hrd;
+                true
+            }
+            Link::Ring(_) => false,
+        }
+    }
+
+    /// Rules broken that the NDIS model saw (C-item, what), taken.
+    pub fn host_checks(&mut self) -> Vec<(u16, String)> {
+        match self {
+            Link::Ndis { ndis, .. } => std::mem::take(&mut ndis.model.host_checks),
+            Link::Ring(_) => Vec::new(),
         }
     }
 

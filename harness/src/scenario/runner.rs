@@ -310,8 +310,26 @@ impl World<'_> {
 
     /// Feed events through the monitor into the queue.
     fn take_events(&mut self, evs: Vec<Event>) {
+        for (item, seen) in self.link.host_checks() {
+            self.monitor.violate(item, seen);
+        }
         for e in evs {
             self.monitor.event(&e);
+            // The host answered a reachability query: the device takes its HRD as the
+            // neighbor's cached value (C-226), so the model does too.
+            if e.class == EventClass::OffloadEvent
+                && e.code == offload_event::NEIGHBOR_REACHABILITY_QUERY
+                && self.link.is_ndis()
+            {
+                if let Some(o) = e
+                    .handle
+                    .and_then(|h| self.objs.iter_mut().rev().find(|o| o.handle == h && o.live))
+                {
+                    if let ObjectState::Neighbor(n) = &mut o.state {
+                        n.cached.host_reachability_delta = e.info;
+                    }
+                }
+            }
             self.events.push_back(e);
         }
     }
@@ -2106,6 +2124,19 @@ fn run_step(w: &mut World<'_>, step: &Step) -> StepOutcome {
             }
             _ => return StepOutcome::Unsupported(DATA_RINGS.into()),
         },
+        Step::Reachability { hrd, .. } => {
+            if w.link.set_reachability_hrd(*hrd) {
+                Ok(format!(
+                    "the host answers reachability queries with HRD {hrd} from now on"
+                ))
+            } else {
+                Err(
+                    "`reachability` needs the NDIS driver (the host answers through the \
+                     miniport)"
+                        .into(),
+                )
+            }
+        }
         Step::PeerWrite { conn, bytes, .. } => match w.host.as_mut() {
             Some(h) => h
                 .peer_write(conn, *bytes)
@@ -2354,7 +2385,14 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     let mut session_holder: Option<ControlSession> = None;
     let link = match sc.driver {
         super::format::DriverKind::Ndis => {
-            match crate::ndis::Ndis::start(vmm, &chimney_abi::OffloadParameters::default()) {
+            let mut params = chimney_abi::OffloadParameters::default();
+            if let Some(v) = sc.parameters.nce_stale_ticks {
+                params.nce_stale_ticks = v;
+            }
+            if let Some(v) = sc.parameters.tcp_maximum_retransmissions {
+                params.tcp_maximum_retransmissions = v;
+            }
+            match crate::ndis::Ndis::start(vmm, &params) {
                 Ok(n) => super::link::Link::Ndis {
                     ndis: Box::new(n),
                     cursor: 0,
