@@ -48,7 +48,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct QemuArgs {
-    /// Scenario files or directories (default: images/scenarios, the QEMU smoke suite).
+    /// Scenario files or directories (default: images/scenarios/smoke, the QEMU smoke
+    /// suite).
     paths: Vec<PathBuf>,
     /// Only scenarios whose name matches this glob.
     #[arg(long, value_name = "GLOB")]
@@ -314,7 +315,7 @@ fn qemu(a: &QemuArgs) -> anyhow::Result<ExitCode> {
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let paths = if a.paths.is_empty() {
-        vec![repo.join("images/scenarios")]
+        vec![repo.join("images/scenarios/smoke")]
     } else {
         a.paths.clone()
     };

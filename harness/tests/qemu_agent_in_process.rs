@@ -59,8 +59,8 @@ fn agent_runner_moves_8mib_each_way_offloaded_and_sees_abort_on_peer_reset_in_pr
     let peer = PeerService::start(&bed.ns).expect("peer service");
     let mut m = machine(&mut bed, seed);
     let scenarios = vec![
-        scenario("qemu-offload-transfer-v4.toml"),
-        scenario("qemu-peer-reset-abort.toml"),
+        scenario("smoke/qemu-offload-transfer-v4.toml"),
+        scenario("smoke/qemu-peer-reset-abort.toml"),
     ];
     let summary = run_all(&mut m, &scenarios, seed, 0.0);
     let log = peer.log.lock().map(|l| l.join("\n")).unwrap_or_default();

@@ -38,8 +38,12 @@ pub struct QemuOptions {
     pub agent: PathBuf,
     /// The device executable (`None`: `device_process::device_binary`).
     pub device: Option<PathBuf>,
-    /// Scenario files or directories; all go into the image under `/scenarios`.
+    /// Scenario files or directories; all go into the image, each file as
+    /// `/scenarios/<its directory's name>/<file name>`.
     pub scenarios: Vec<PathBuf>,
+    /// What the agent runs, as paths inside the guest (default `/scenarios`: everything).
+    /// One image serves several suites (`/scenarios/smoke`, `/scenarios/faults`).
+    pub guest_paths: Vec<String>,
     /// Only scenarios whose name matches this glob run.
     pub filter: Option<String>,
     pub seed: u64,
@@ -62,6 +66,7 @@ impl QemuOptions {
             agent,
             device: None,
             scenarios,
+            guest_paths: vec!["/scenarios".into()],
             filter: None,
             seed: 0,
             log_dir,
@@ -99,6 +104,8 @@ pub struct QemuReport {
     pub device_exit: Option<String>,
     /// The device was killed on purpose (fault injection), at this moment after QEMU start.
     pub device_killed_at: Option<Duration>,
+    /// What QEMU printed (qemu.log): e.g. vhost-user errors after the device died.
+    pub qemu_messages: Vec<String>,
 }
 
 impl QemuReport {
@@ -114,6 +121,9 @@ impl QemuReport {
         }
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
+        }
+        for m in self.qemu_messages.iter().take(10) {
+            out.push_str(&format!("qemu: {m}\n"));
         }
         out.push_str(&format!(
             "image {:.1} s, boot-to-result {}, QEMU ran {:.1} s (exit: {}), device exit: {}\n",
@@ -213,8 +223,13 @@ pub fn build_image(opts: &QemuOptions, files: &[PathBuf]) -> Result<PathBuf, Str
         let name = f
             .file_name()
             .ok_or_else(|| format!("{} has no file name", f.display()))?;
+        let dir = f
+            .parent()
+            .and_then(Path::file_name)
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "top".into());
         cmd.arg("--extra").arg(format!(
-            "{}:/scenarios/{}",
+            "{}:/scenarios/{dir}/{}",
             f.display(),
             name.to_string_lossy()
         ));
@@ -293,7 +308,11 @@ fn start_device(opts: &QemuOptions, ns: &NetNs, socket: &Path) -> Result<Proc, S
 
 /// The QEMU command line (also written to `qemu.cmdline`).
 fn qemu_command(opts: &QemuOptions, image: &Path, socket: &Path, console: &Path) -> Command {
-    let mut args = format!("guest-agent,/scenarios,--seed,{}", opts.seed);
+    let mut args = format!(
+        "guest-agent,{},--seed,{}",
+        opts.guest_paths.join(","),
+        opts.seed
+    );
     if let Some(f) = &opts.filter {
         args.push_str(&format!(",--filter,{f}"));
     }
@@ -383,6 +402,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuReport, String> {
         qemu_exit: None,
         device_exit: None,
         device_killed_at: None,
+        qemu_messages: Vec::new(),
     };
     let mut summary_text: Option<Result<GuestSummary, String>> = None;
     let mut device_dead_reported = false;
@@ -463,6 +483,12 @@ pub fn run(opts: &QemuOptions) -> Result<QemuReport, String> {
             tail(&console, 15)
         )),
     }
+    report.qemu_messages = fs::read_to_string(&qemu_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
     drop(ns);
     Ok(report)
 }
