@@ -251,6 +251,11 @@ pub struct Engine {
     stats: EngineStats,
 }
 
+/// The tracing span of one connection: slot index and 4-tuple (formatted only when enabled).
+fn conn_span(idx: u32, tuple: &FourTuple) -> tracing::Span {
+    tracing::debug_span!("conn", idx, local = %tuple.local, remote = %tuple.remote)
+}
+
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -571,6 +576,8 @@ impl Engine {
         let h = ConnHandle { idx, gen: s.gen };
         let bits = std::mem::take(&mut t.events);
         if bits != 0 {
+            let _span = conn_span(idx, &s.tuple).entered();
+            tracing::debug!(events = bits, state = ?t.state, "connection events");
             let push = |e: &mut VecDeque<Event>, b: u16, ev: Event| {
                 if bits & b != 0 {
                     e.push_back(ev);
@@ -769,6 +776,17 @@ impl Engine {
             let Some(tcb) = self.slots[idx as usize].tcb.as_mut() else {
                 return;
             };
+            // Per-connection span (cheap when the level is off: the callsite is disabled once).
+            let _span = conn_span(idx, &tuple).entered();
+            tracing::trace!(
+                seq = seg.seq,
+                ack = ?seg.ack,
+                len = seg.payload.len(),
+                syn = seg.syn,
+                fin = seg.fin,
+                rst = seg.rst,
+                "segment in"
+            );
             if tcb.on_segment(now, seg) == SegmentVerdict::SendReset {
                 self.reset_reply(eth_src, &tuple, seg);
             }
@@ -877,6 +895,17 @@ impl Engine {
             };
             match tcb.poll_segment(now, max_payload) {
                 Some(seg) => {
+                    let _span = conn_span(idx, &slot.tuple).entered();
+                    tracing::trace!(
+                        seq = seg.seq,
+                        ack = ?seg.ack,
+                        len = seg.data_len,
+                        window = seg.window,
+                        syn = seg.syn,
+                        fin = seg.fin,
+                        rst = seg.rst,
+                        "segment out"
+                    );
                     let len = self.emit(idx, mac, &seg);
                     return Some(len);
                 }
@@ -1041,6 +1070,8 @@ impl Engine {
             match t.next_deadline() {
                 Some(d) if d <= now => {
                     s.scheduled = None;
+                    let _span = conn_span(idx, &s.tuple).entered();
+                    tracing::trace!(now, "timers due");
                     t.on_timer(now);
                     self.touch(idx);
                 }

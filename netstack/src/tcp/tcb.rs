@@ -636,6 +636,7 @@ impl Tcb {
     }
 
     fn challenge_ack(&mut self, now: Tick) {
+        tracing::debug!("challenge ACK (RFC 5961)");
         self.ack_now = true;
         self.stats.challenge_acks += 1;
         self.events |= ev::CHALLENGE_ACK;
@@ -895,6 +896,12 @@ impl Tcb {
     /// Fast retransmit / fast recovery entry (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
     fn enter_recovery(&mut self) {
         let smss = u32::from(self.eff_mss());
+        tracing::debug!(
+            snd_una = self.snd_una,
+            snd_max = self.snd_max,
+            cwnd = self.cwnd,
+            "fast recovery"
+        );
         self.in_recovery = true;
         self.stats.fast_recoveries += 1;
         self.recover = self.snd_max;
@@ -1011,6 +1018,7 @@ impl Tcb {
             return;
         }
         self.ka_probe_count += 1;
+        tracing::debug!(probe = self.ka_probe_count, "keepalive probe");
         self.ka_probe_pending = true;
         self.stats.keepalive_probes += 1;
         let interval = match self.cached.ka_interval {
@@ -1041,6 +1049,10 @@ impl Tcb {
             _ => {}
         }
         if self.retransmit_limit_hit(now) {
+            tracing::debug!(
+                rtx_count = self.rtx_count,
+                "retransmission limit: connection timed out"
+            );
             self.stats.timeouts += 1;
             self.enter_closed(ev::TIMED_OUT);
             return;
@@ -1050,6 +1062,7 @@ impl Tcb {
         }
         if self.persist {
             // Persist timer or probe retransmit expired: send a window probe, back off.
+            tracing::debug!(snd_wnd = self.snd_wnd, "persist probe");
             self.probe_pending = true;
             self.stats.persist_probes += 1;
             self.rtx_deadline =
@@ -1062,6 +1075,13 @@ impl Tcb {
         }
         // RTO (RFC 6298 §5, RFC 5681 (4)): collapse cwnd, go back to SND.UNA.
         self.stats.timeouts += 1;
+        tracing::debug!(
+            snd_una = self.snd_una,
+            snd_max = self.snd_max,
+            rtx_count = self.rtx_count,
+            rto = self.backed_off_rto(),
+            "retransmission timeout"
+        );
         let smss = u32::from(self.eff_mss());
         if self.rtx_count == 0 {
             self.ssthresh = (self.flight() / 2).max(2 * smss);
@@ -1669,6 +1689,58 @@ impl Tcb {
         };
         t.persist = t.persist_blocked() && t.snd_nxt == t.snd_una && t.rtx_deadline.is_some();
         t
+    }
+
+    /// Every protocol variable (not the buffers' bytes) in one line, for stall reports.
+    pub fn debug_summary(&self) -> String {
+        format!(
+            "state {:?} snd_una {:#x} snd_nxt {:#x} snd_max {:#x} snd_wnd {} max_snd_wnd {} \
+             wl1 {:#x} wl2 {:#x} cwnd {} ssthresh {} send_len {} send_base {:#x} fin_seq {:?} | \
+             rcv_nxt {:#x} rcv_adv {:#x} last_ack_sent {:#x} readable {} rcv_window {} ooo {:?} \
+             recent_sacks {:?} | ts {} ts_recent {:#x} ts_recent_tick {} srtt8 {} rttvar4 {} \
+             rtx_count {} rtx_deadline {:?} rtx_start {:?} persist {} delack {:?} ack_now {} \
+             ka {:?} | recovery {} recover {:#x} high_rxt {:#x} rxt_mark {:?} dup_acks {} \
+             sacked {:?} | stats {:?}",
+            self.state,
+            self.snd_una,
+            self.snd_nxt,
+            self.snd_max,
+            self.snd_wnd,
+            self.max_snd_wnd,
+            self.snd_wl1,
+            self.snd_wl2,
+            self.cwnd,
+            self.ssthresh,
+            self.send.len(),
+            self.send_base,
+            self.fin_seq,
+            self.rcv_nxt,
+            self.rcv_adv,
+            self.last_ack_sent,
+            self.recv.readable(),
+            self.recv.window(),
+            self.recv.ooo_ranges(),
+            self.recent_sacks,
+            self.ts_enabled,
+            self.ts_recent,
+            self.ts_recent_tick,
+            self.rtt.srtt8,
+            self.rtt.rttvar4,
+            self.rtx_count,
+            self.rtx_deadline,
+            self.rtx_start,
+            self.persist,
+            self.delack_deadline,
+            self.ack_now,
+            self.ka_deadline,
+            self.in_recovery,
+            self.recover,
+            self.high_rxt,
+            self.rxt_mark,
+            self.dup_acks,
+            self.sb.ranges(),
+            self.stats
+        )
     }
 
     pub fn retransmit_count(&self) -> u8 {
