@@ -112,6 +112,10 @@ struct Conn {
     backlog_at: Option<Instant>,
     /// The deadline this connection has in the timer heap.
     scheduled: Option<Instant>,
+    /// Send completions held by the policy's completion delay, and the latest due time
+    /// among them (a connection's completions stay in order, C-140).
+    held_sends: u32,
+    held_until: Instant,
 }
 
 /// Neighbor reachability bookkeeping (digest §4.2): times in microseconds of [`now`]
@@ -170,6 +174,9 @@ pub struct DataPath {
     /// Connections by their next engine deadline; stale entries (deadline changed) are
     /// skipped when popped, so each event costs O(log n) (DESIGN.md rule 7).
     timers: BinaryHeap<Reverse<(Instant, DeviceHandle)>>,
+    /// Send completions held back by the vendor policy (completion delays), by due time.
+    held: std::collections::BTreeMap<(Instant, u64), (u16, DeviceHandle, DataRecord)>,
+    held_seq: u64,
 }
 
 /// Where the engines' frames go (the TAP in the device, a queue in tests).
@@ -204,6 +211,67 @@ impl DataPath {
             params: DataParameters::default(),
             moved_total: 0,
             timers: BinaryHeap::new(),
+            held: std::collections::BTreeMap::new(),
+            held_seq: 0,
+        }
+    }
+
+    /// Move the send completions of `h` appended to its pair's outbox from index `from` into
+    /// the held set when the policy delays them (or when earlier ones of `h` are still held:
+    /// the order within a connection is kept, C-140).
+    fn hold_sends(&mut self, now: Instant, h: DeviceHandle, pair: u16, from: usize) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return;
+        };
+        let Some(out) = self.records.get_mut(usize::from(pair)) else {
+            return;
+        };
+        if from >= out.len() {
+            return;
+        }
+        let tail: Vec<DataRecord> = out.drain(from..).collect();
+        for r in tail {
+            if r.kind != DataRxKind::SendComplete || r.handle != Some(h) {
+                out.push_back(r);
+                continue;
+            }
+            let d = self.policy.send_completion_delay(h);
+            if d.is_zero() && c.held_sends == 0 {
+                out.push_back(r);
+                continue;
+            }
+            let due = (now + d).max(c.held_until);
+            c.held_until = due;
+            c.held_sends += 1;
+            self.held_seq += 1;
+            self.held.insert((due, self.held_seq), (pair, h, r));
+        }
+    }
+
+    /// Held completions that are due (or all of `only`'s, at its terminate) go out.
+    fn release_held(&mut self, now: Instant, only: Option<DeviceHandle>) {
+        let keys: Vec<(Instant, u64)> = match only {
+            None => self
+                .held
+                .range(..=(now, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect(),
+            Some(h) => self
+                .held
+                .iter()
+                .filter(|(_, v)| v.1 == h)
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        for k in keys {
+            if let Some((pair, h, r)) = self.held.remove(&k) {
+                if let Some(c) = self.conns.get_mut(&h) {
+                    c.held_sends = c.held_sends.saturating_sub(1);
+                }
+                if let Some(out) = self.records.get_mut(usize::from(pair)) {
+                    out.push_back(r);
+                }
+            }
         }
     }
 
@@ -456,10 +524,13 @@ impl DataPath {
             backlog_indicated: None,
             backlog_at: None,
             scheduled: None,
+            held_sends: 0,
+            held_until: now,
         };
         c.retrans_seen = c.engine.conn_stats(c.ch).map_or(0, |s| s.retransmits);
         c.feed();
         self.by_key.insert(key, handle);
+        self.policy.offloaded(handle);
         self.conns.insert(handle, c);
         self.dirty.push(handle);
         Ok(())
@@ -518,6 +589,7 @@ impl DataPath {
     pub fn data_request(&mut self, now: Instant, req: DataRequest) {
         let h = req.handle();
         let pair = self.pair_of(h);
+        let from = self.records[usize::from(pair)].len();
         let Some(c) = self.conns.get_mut(&h) else {
             let out = &mut self.records[usize::from(pair)];
             let kind = match req {
@@ -687,22 +759,30 @@ impl DataPath {
             }
         }
         self.dirty.push(h);
+        self.hold_sends(now, h, pair, from);
     }
 
     /// Earliest timer of any connection: the top of the timer heap after dropping stale
     /// entries (C-213 timers; O(log n) per change, DESIGN.md rule 7).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let held = self.held.keys().next().map(|k| k.0);
+        let mut engine = None;
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
             if self.conns.get(&h).is_some_and(|c| c.scheduled == Some(t)) {
-                return Some(t);
+                engine = Some(t);
+                break;
             }
             self.timers.pop();
         }
-        None
+        match (engine, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Run the timers that are due; only the connections whose deadline passed are touched.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.release_held(now, None);
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -743,6 +823,8 @@ impl DataPath {
             let Some(c) = self.conns.get_mut(&h) else {
                 continue;
             };
+            let from = self.records[usize::from(c.pair)].len();
+            let pair = c.pair;
             let mut out = Out {
                 wire: &mut self.wire,
                 counters: &mut self.counters,
@@ -791,6 +873,7 @@ impl DataPath {
                 }
             }
             self.reschedule(h);
+            self.hold_sends(now, h, pair, from);
         }
         self.dirty = dirty;
     }
@@ -821,6 +904,8 @@ impl DataPath {
         now: Instant,
         h: DeviceHandle,
     ) -> Result<Option<(ConnectionExport, TcpData)>, DataPathError> {
+        // Completions the policy still holds go out before anything of the terminate.
+        self.release_held(now, Some(h));
         let Some(mut c) = self.conns.remove(&h) else {
             return Err(DataPathError::UnknownHandle);
         };

@@ -27,6 +27,14 @@ pub trait VendorPolicy: Send {
     fn send(&mut self, _handle: DeviceHandle, _len: usize) -> Option<NdisStatus> {
         None
     }
+    /// A TCP connection was offloaded (in offload order; lets a policy act "by connection").
+    fn offloaded(&mut self, _handle: DeviceHandle) {}
+    /// How long the completion of a send request of `handle` is held before it goes to the
+    /// ring (completion delays; with a random part, completions of different connections
+    /// reorder, those of one connection never: C-140). Zero = at once.
+    fn send_completion_delay(&mut self, _handle: DeviceHandle) -> Duration {
+        Duration::ZERO
+    }
     /// Deliberate bug (breaks C-142): complete sends when queued, not when acknowledged.
     fn send_complete_before_ack(&self) -> bool {
         false
@@ -105,8 +113,10 @@ pub struct Capacity {
     pub tcp: Option<u32>,
 }
 
-/// `[[fail]]`: fail requests of `operation` with `status`: the `nth` one (1-based), or
-/// every `every`-th one, or all of them when neither is given.
+/// `[[fail]]`: fail requests of `operation` with `status`: the `nth` one (1-based), every
+/// `every`-th one, the `first` n of them, each with probability `rate` (seeded), or all of
+/// them when none is given; `connection = n` restricts the rule to the n-th offloaded
+/// connection (1-based, sends only).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailRule {
@@ -116,6 +126,18 @@ pub struct FailRule {
     pub status: String,
     pub nth: Option<u64>,
     pub every: Option<u64>,
+    pub first: Option<u64>,
+    pub rate: Option<f64>,
+    pub connection: Option<u64>,
+}
+
+/// `[completion]`: send completions held `send_delay_ms` plus a seeded random part up to
+/// `jitter_ms` (reorders completions across connections, never within one: C-140).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRules {
+    pub send_delay_ms: Option<u64>,
+    pub jitter_ms: Option<u64>,
 }
 
 /// `[engine]`: tuning of offloaded connections.
@@ -192,6 +214,10 @@ pub struct PolicyFile {
     pub adapter: AdapterRules,
     #[serde(default)]
     pub backlog: BacklogRules,
+    #[serde(default)]
+    pub completion: CompletionRules,
+    /// Seed of every random choice of the policy (`rate`, `jitter_ms`); printed at start.
+    pub seed: Option<u64>,
 }
 
 fn status_by_name(key: String, name: &str) -> Result<NdisStatus, PolicyError> {
@@ -256,6 +282,9 @@ pub struct FilePolicy {
     terminate_status: Option<NdisStatus>,
     pause_done: bool,
     upload_all_done: bool,
+    /// Offload order of TCP connections (1-based), for `connection = n` rules.
+    ordinal: std::collections::HashMap<DeviceHandle, u64>,
+    rng: u64,
 }
 
 /// A `[[fail]]` rule with its request counter.
@@ -265,6 +294,9 @@ struct ActiveFail {
     status: NdisStatus,
     nth: Option<u64>,
     every: Option<u64>,
+    first: Option<u64>,
+    rate: Option<f64>,
+    connection: Option<u64>,
     count: u64,
 }
 
@@ -322,10 +354,43 @@ impl FilePolicy {
                     why: format!("{} is not a failure status", f.status),
                 });
             }
-            if f.every == Some(0) || f.nth == Some(0) {
+            for (k, v) in [
+                ("every", f.every),
+                ("nth", f.nth),
+                ("first", f.first),
+                ("connection", f.connection),
+            ] {
+                if v == Some(0) {
+                    return Err(PolicyError::Value {
+                        key: format!("fail[{i}].{k}"),
+                        why: "counts start at 1".into(),
+                    });
+                }
+            }
+            if let Some(r) = f.rate {
+                if !(r > 0.0 && r <= 1.0) {
+                    return Err(PolicyError::Value {
+                        key: format!("fail[{i}].rate"),
+                        why: format!("{r} is not a probability in (0, 1]"),
+                    });
+                }
+            }
+            let given = [
+                f.nth.is_some(),
+                f.every.is_some(),
+                f.first.is_some(),
+                f.rate.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() > 1 {
                 return Err(PolicyError::Value {
-                    key: format!("fail[{i}].every/nth"),
-                    why: "counts start at 1".into(),
+                    key: format!("fail[{i}]"),
+                    why: "give at most one of nth, every, first, rate".into(),
+                });
+            }
+            if f.connection.is_some() && op != Op::Send {
+                return Err(PolicyError::Value {
+                    key: format!("fail[{i}].connection"),
+                    why: "only send rules can name a connection".into(),
                 });
             }
             p.fails.push(ActiveFail {
@@ -333,6 +398,9 @@ impl FilePolicy {
                 status: st,
                 nth: f.nth,
                 every: f.every,
+                first: f.first,
+                rate: f.rate,
+                connection: f.connection,
                 count: 0,
             });
         }
@@ -394,6 +462,30 @@ impl FilePolicy {
                 });
             }
         }
+        let c = &file.completion;
+        for (k, v) in [
+            ("completion.send_delay_ms", c.send_delay_ms),
+            ("completion.jitter_ms", c.jitter_ms),
+        ] {
+            if v.is_some_and(|ms| ms > 10_000) {
+                return Err(PolicyError::Value {
+                    key: k.into(),
+                    why: "more than 10 s would stall every sender".into(),
+                });
+            }
+        }
+        p.rng = file.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+        if p.fails.iter().any(|f| f.rate.is_some()) || c.jitter_ms.is_some() {
+            tracing::info!(
+                seed = p.rng,
+                "policy: random choices seeded (put `seed = {}` in the file to repeat)",
+                p.rng
+            );
+        }
         if let Some(s) = &file.bugs.wrong_terminate_status {
             p.terminate_status = Some(status_by_name("bugs.wrong_terminate_status".into(), s)?);
         }
@@ -413,17 +505,36 @@ impl FilePolicy {
         }
     }
 
-    fn fail(&mut self, op: Op) -> Option<NdisStatus> {
+    /// Seeded uniform value in [0, 1) (splitmix64).
+    fn random(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = self.rng;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn fail(&mut self, op: Op, handle: Option<DeviceHandle>) -> Option<NdisStatus> {
         let mut out = None;
-        for f in &mut self.fails {
-            if f.op != op {
+        let conn = handle.and_then(|h| self.ordinal.get(&h).copied());
+        for i in 0..self.fails.len() {
+            let f = self.fails[i];
+            if f.op != op || f.connection.is_some_and(|n| conn != Some(n)) {
                 continue;
             }
-            f.count += 1;
-            let hit = match (f.nth, f.every) {
-                (Some(n), _) => f.count == n,
-                (None, Some(e)) => f.count % e == 0,
-                (None, None) => true,
+            let count = f.count + 1;
+            self.fails[i].count = count;
+            let hit = if let Some(n) = f.nth {
+                count == n
+            } else if let Some(e) = f.every {
+                count % e == 0
+            } else if let Some(n) = f.first {
+                count <= n
+            } else if let Some(r) = f.rate {
+                self.random() < r
+            } else {
+                true
             };
             if hit && out.is_none() {
                 out = Some(f.status);
@@ -436,11 +547,25 @@ impl FilePolicy {
 impl VendorPolicy for FilePolicy {
     fn initiate(&mut self, layer: Layer) -> Option<NdisStatus> {
         (layer == Layer::Tcp)
-            .then(|| self.fail(Op::InitiateTcp))
+            .then(|| self.fail(Op::InitiateTcp, None))
             .flatten()
     }
-    fn send(&mut self, _h: DeviceHandle, _len: usize) -> Option<NdisStatus> {
-        self.fail(Op::Send)
+    fn send(&mut self, h: DeviceHandle, _len: usize) -> Option<NdisStatus> {
+        self.fail(Op::Send, Some(h))
+    }
+    fn offloaded(&mut self, h: DeviceHandle) {
+        let n = self.ordinal.len() as u64 + 1;
+        self.ordinal.entry(h).or_insert(n);
+    }
+    fn send_completion_delay(&mut self, _h: DeviceHandle) -> Duration {
+        let c = &self.file.completion;
+        let (d, j) = (c.send_delay_ms.unwrap_or(0), c.jitter_ms.unwrap_or(0));
+        let jitter = if j > 0 {
+            (self.random() * (j + 1) as f64) as u64
+        } else {
+            0
+        };
+        Duration::from_millis(d + jitter)
     }
     fn send_complete_before_ack(&self) -> bool {
         self.file.bugs.send_complete_before_ack
@@ -587,6 +712,69 @@ mod tests {
             Some((tcp_event::RETRIEVE, upload_reason::LOW_ACTIVITY))
         );
         assert_eq!(p.spontaneous_event(h, 200), None);
+    }
+
+    #[test]
+    fn fail_rules_by_first_rate_and_connection_validate_and_act() {
+        assert!(
+            err("[[fail]]\noperation = \"send\"\nstatus = \"FAILURE\"\nrate = 1.5\n")
+                .starts_with("fail[0].rate:")
+        );
+        assert!(
+            err("[[fail]]\noperation = \"send\"\nstatus = \"FAILURE\"\nfirst = 0\n")
+                .starts_with("fail[0].first:")
+        );
+        assert!(err(
+            "[[fail]]\noperation = \"initiate_tcp\"\nstatus = \"FAILURE\"\nconnection = 2\n"
+        )
+        .starts_with("fail[0].connection:"));
+        assert!(
+            err("[[fail]]\noperation = \"send\"\nstatus = \"FAILURE\"\nnth = 1\nrate = 0.5\n")
+                .starts_with("fail[0]:")
+        );
+        assert!(
+            err("[completion]\nsend_delay_ms = 20000\n").starts_with("completion.send_delay_ms:")
+        );
+        assert!(err("[completion]\ndelay = 1\n").contains("delay"));
+        // first = 2 on connection 2 only.
+        let mut p = FilePolicy::parse(
+            "[[fail]]\noperation = \"send\"\nstatus = \"REQUEST_ABORTED\"\nfirst = 2\nconnection = 2\n",
+        )
+        .unwrap();
+        let (a, b) = (DeviceHandle(11), DeviceHandle(22));
+        p.offloaded(a);
+        p.offloaded(b);
+        let seen: Vec<_> = [a, b, a, b, b].iter().map(|h| p.send(*h, 1)).collect();
+        let ab = Some(NdisStatus::REQUEST_ABORTED);
+        assert_eq!(seen, vec![None, ab, None, ab, None]);
+        // rate: seeded, so the same seed gives the same choices; about the rate.
+        let text = "seed = 7\n[[fail]]\noperation = \"send\"\nstatus = \"FAILURE\"\nrate = 0.25\n";
+        let run = || {
+            let mut p = FilePolicy::parse(text).unwrap();
+            (0..4000)
+                .map(|_| p.send(a, 1).is_some())
+                .collect::<Vec<_>>()
+        };
+        let (x, y) = (run(), run());
+        assert_eq!(x, y, "same seed, same failures");
+        let n = x.iter().filter(|f| **f).count();
+        assert!((800..1200).contains(&n), "rate 0.25 of 4000: {n}");
+    }
+
+    #[test]
+    fn completion_delay_is_seeded_and_bounded() {
+        let text = "seed = 3\n[completion]\nsend_delay_ms = 5\njitter_ms = 20\n";
+        let mut p = FilePolicy::parse(text).unwrap();
+        let d: Vec<u64> = (0..200)
+            .map(|_| p.send_completion_delay(DeviceHandle(1)).as_millis() as u64)
+            .collect();
+        assert!(d.iter().all(|v| (5..=25).contains(v)), "{d:?}");
+        assert!(d.iter().any(|v| *v != d[0]), "jitter varies");
+        let mut q = FilePolicy::parse(text).unwrap();
+        let e: Vec<u64> = (0..200)
+            .map(|_| q.send_completion_delay(DeviceHandle(1)).as_millis() as u64)
+            .collect();
+        assert_eq!(d, e, "same seed, same delays");
     }
 
     #[test]
