@@ -2,7 +2,7 @@
 //! Windows logo requirement; C-035, C-039), each moving data both ways concurrently through
 //! the data rings against the Linux peer, then a neighbor invalidate that stops all of them
 //! at once (C-094, C-100), then terminate-all in one tree with every connection's live
-//! delegated state returned (C-111, C-112). Needs root.
+//! delegated state returned (C-111, C-112); for IPv4 and for IPv6. Needs root.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -21,7 +21,7 @@ use chimney_harness::{TestBed, TestBedConfig, VmmConfig};
 use chimney_miniport::data::{DataChannel, DataConfig, DataError};
 use chimney_miniport::NicQueues;
 use chimney_netstack::EngineConfig;
-use chimney_wire::{GUEST_IPV4, GUEST_IPV6, PEER_IPV4};
+use chimney_wire::{GUEST_IPV4, GUEST_IPV6, PEER_IPV4, PEER_IPV6};
 
 const N: usize = 1024;
 const PORT: u16 = 5301;
@@ -41,6 +41,20 @@ fn pattern(tag: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_state() {
+    bulk(false);
+}
+
+#[test]
+fn bulk_tree_of_1024_ipv6_connections_moves_data_then_terminate_all_returns_every_state() {
+    bulk(true);
+}
+
+fn bulk(v6: bool) {
+    let peer_ip: std::net::IpAddr = if v6 {
+        PEER_IPV6.into()
+    } else {
+        PEER_IPV4.into()
+    };
     let cfg = TestBedConfig {
         device: DeviceOptions {
             queue_pairs: 3,
@@ -77,7 +91,7 @@ fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_sta
     let peer = bed
         .ns
         .spawn("bulk-peer", move || -> std::io::Result<()> {
-            let l = TcpListener::bind(SocketAddr::new(PEER_IPV4.into(), PORT))?;
+            let l = TcpListener::bind(SocketAddr::new(peer_ip, PORT))?;
             // SAFETY: listen(2) on the listener's own descriptor, to raise the backlog std
             // leaves at 128 (1024 SYNs arrive at once).
             unsafe { libc::listen(l.as_raw_fd(), 4096) };
@@ -117,7 +131,7 @@ fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_sta
         .map(|_| {
             stack
                 .engine
-                .connect(now, SocketAddr::new(PEER_IPV4.into(), PORT), None)
+                .connect(now, SocketAddr::new(peer_ip, PORT), None)
                 .expect("connect")
         })
         .collect();
@@ -272,7 +286,14 @@ fn bulk_tree_of_1024_connections_moves_data_then_terminate_all_returns_every_sta
     };
     let mut blocks = vec![
         term(neighbor, OffloadStateType::Neighbor),
-        term(path, OffloadStateType::Ip4),
+        term(
+            path,
+            if v6 {
+                OffloadStateType::Ip6
+            } else {
+                OffloadStateType::Ip4
+            },
+        ),
     ];
     blocks[0].dependent = Some(1);
     blocks[1].dependent = Some(2);
