@@ -62,11 +62,31 @@ fn agent_runner_moves_8mib_each_way_offloaded_and_sees_abort_on_peer_reset_in_pr
         scenario("smoke/qemu-offload-transfer-v4.toml"),
         scenario("smoke/qemu-peer-reset-abort.toml"),
     ];
-    let summary = run_all(&mut m, &scenarios, seed, 0.0);
+    // A control-plane scenario: the agent must call it unsupported, never passed.
+    let control = chimney_harness::scenario::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/control/query-by-class.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut all = scenarios.clone();
+    all.push(control);
+    let summary = run_all(&mut m, &all, seed, 0.0);
     let log = peer.log.lock().map(|l| l.join("\n")).unwrap_or_default();
     println!("{}\npeer service log:\n{log}", summary.tap());
     assert_eq!(summary.fatal, None, "fatal error");
-    for s in &summary.scenarios {
+    let (last, data) = summary.scenarios.split_last().expect("scenarios");
+    assert_eq!(
+        last.outcome,
+        GuestOutcome::Unsupported,
+        "control-plane scenario {}: expected unsupported, seen {:?}",
+        last.name,
+        last.outcome
+    );
+    let why = &last.steps[0].detail;
+    assert!(
+        why.contains("not supported by the guest agent"),
+        "unsupported reason names the agent: `{why}`"
+    );
+    for s in data {
         assert_eq!(
             s.outcome,
             GuestOutcome::Passed,

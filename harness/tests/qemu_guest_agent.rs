@@ -98,6 +98,7 @@ fn qemu_guest_agent_offloads_8mib_each_way_terminates_into_host_stack_and_sees_a
         names,
         vec![
             ("qemu-offload-transfer-v4", GuestOutcome::Passed),
+            ("qemu-offload-transfer-v6", GuestOutcome::Passed),
             ("qemu-peer-reset-abort", GuestOutcome::Passed)
         ],
         "scenarios and outcomes"
