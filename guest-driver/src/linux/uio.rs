@@ -476,24 +476,22 @@ impl Platform for UioPlatform {
             return Err(oom);
         }
         let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut page, mut at) = *next;
-        loop {
-            let (m, bus) = self.dma.get(page).ok_or(oom)?;
-            // Bus addresses of a huge page are 2 MiB aligned, so aligning the offset aligns
-            // the address.
-            let start = at.checked_add(align - 1).ok_or(oom)? & !(align - 1);
-            let end = start.checked_add(len).ok_or(oom)?;
-            if end <= m.len {
-                *next = (page, end);
-                // The mapping came zeroed from the kernel and is never handed out twice.
-                return Ok(DmaRegion {
-                    addr: bus + start as u64,
-                    len,
-                });
-            }
-            page += 1;
-            at = 0;
+        let at = super::dma::Cursor {
+            page: next.0,
+            offset: next.1,
+        };
+        let (piece, after) =
+            super::dma::place(at, self.dma.len(), HUGE_PAGE, len, align).ok_or(oom)?;
+        let (m, bus) = self.dma.get(piece.page).ok_or(oom)?;
+        if after.offset > m.len {
+            return Err(oom);
         }
+        *next = (after.page, after.offset);
+        // The mapping came zeroed from the kernel and is never handed out twice.
+        Ok(DmaRegion {
+            addr: bus + piece.offset as u64,
+            len,
+        })
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
