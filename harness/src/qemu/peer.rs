@@ -411,3 +411,33 @@ fn reset_on_drop(s: &TcpStream) -> Result<(), String> {
         Err(format!("SO_LINGER: {}", std::io::Error::last_os_error()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(req: &str) -> Result<String, String> {
+        handle(req, &Arc::new(AtomicU64::new(0)), &mut HashMap::new())
+    }
+
+    #[test]
+    fn malformed_requests_get_errors_naming_the_field() {
+        let cases = [
+            ("", "empty request"),
+            ("HELLO 1", "unknown request `HELLO`"),
+            ("LISTEN", "missing <port>"),
+            ("LISTEN 70000 4 1", "<port> `70000` is not a port number"),
+            ("LISTEN 5000 5 1", "family `5` is not 4 or 6"),
+            ("LISTEN 5000 4", "missing <seed>"),
+            ("LISTEN 5000 4 x", "<seed> `x` is not a number"),
+            ("WRITE 5000", "missing <n>"),
+            ("WRITE 5000 -1", "<n> `-1` is not a number"),
+            ("WRITE 5000 10", "no connection on port 5000 (LISTEN first)"),
+            ("RESET 5000", "no connection on port 5000 (LISTEN first)"),
+            ("RESULT 5000 1", "no connection on port 5000"),
+        ];
+        for (req, want) in cases {
+            assert_eq!(answer(req), Err(want.to_string()), "request `{req}`");
+        }
+    }
+}
