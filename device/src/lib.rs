@@ -22,6 +22,7 @@ pub mod nic;
 pub mod offload_glue;
 pub mod policy;
 pub mod relay;
+pub mod seqcheck;
 pub mod state_manipulation;
 pub mod statistics;
 pub mod sys;

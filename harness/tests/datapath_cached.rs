@@ -9,13 +9,13 @@ mod datapath_rig;
 use std::time::Duration;
 
 use chimney_abi::NdisStatus;
-use datapath_rig::{pattern, tcp_view, Capture, Rig, RigOptions};
+use datapath_rig::{pattern, tcp_view, Capture, Captured, Rig, RigOptions};
 
 /// Data segments the device sent on the rig's connection, in capture order: (TTL/hop
 /// limit, payload bytes).
-fn device_data_segments(rig: &Rig, cap: &Capture) -> Vec<(u8, usize)> {
+fn device_data_segments(rig: &Rig, captured: &[Captured]) -> Vec<(u8, usize)> {
     let port = rig.export.tcp.const_.local_port;
-    cap.frames()
+    captured
         .iter()
         .filter(|c| c.from_device)
         .filter_map(|c| tcp_view(&c.frame))
@@ -49,7 +49,7 @@ fn ttl_update_changes_the_frames_on_the_wire(v6: bool) {
     // The last frames may still be on their way into the capture.
     let want = first.len() + second.len();
     let started = std::time::Instant::now();
-    while device_data_segments(&rig, &cap)
+    while device_data_segments(&rig, &cap.frames())
         .iter()
         .map(|s| s.1)
         .sum::<usize>()
@@ -58,7 +58,11 @@ fn ttl_update_changes_the_frames_on_the_wire(v6: bool) {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let segs = device_data_segments(&rig, &cap);
+    // No gap and no duplicate in the device's sequence space on the wire.
+    let captured = cap.finish();
+    let report = rig.check_sent_stream(&captured, 0, want as u64);
+    assert!(report.clean(0), "sequence space on the TAP: {report:?}");
+    let segs = device_data_segments(&rig, &captured);
     // C-091: before the update every data frame had the offloaded TTL, after it 17, and
     // they split exactly at the update (no loss here, so no retransmission blurs it).
     let before: usize = segs

@@ -23,7 +23,7 @@ use chimney_abi::{
     CompletionBody, EventClass, NdisStatus, OffloadParameters, ReachabilityAnswer, RequestBody,
     StatsFamily, StatsRequest, StatsResult,
 };
-use datapath_rig::{pattern, Rig, RigOptions, CONTEXT};
+use datapath_rig::{pattern, Capture, Rig, RigOptions, CONTEXT};
 
 fn stats(rig: &mut Rig, family: StatsFamily, reset: bool) -> StatsResult {
     let c = rig
@@ -75,6 +75,7 @@ fn delta(a: &HashMap<String, u64>, b: &HashMap<String, u64>, k: &str) -> u64 {
 #[test]
 fn statistics_count_a_known_transfer_exactly_per_family_c018_c019() {
     let mut rig = Rig::start(RigOptions::default());
+    let cap = Capture::start(&rig.bed);
     // Start from zero (C-019: the set resets the family) and from the kernel's numbers now.
     stats(&mut rig, StatsFamily::Ipv4, true);
     let k0 = kernel_counters(&rig);
@@ -134,6 +135,14 @@ fn statistics_count_a_known_transfer_exactly_per_family_c018_c019() {
     assert_eq!(
         (s.tcp.in_errors, s.tcp.out_resets, s.ip.in_discards),
         (0, 0, 0)
+    );
+    // The wire agrees: the N bytes from SND.NXT at offload, no gap, no byte twice (no
+    // retransmission to explain one).
+    std::thread::sleep(Duration::from_millis(100));
+    let report = rig.check_sent_stream(&cap.finish(), 0, N as u64);
+    assert!(
+        report.clean(u64::from(s.tcp.retransmitted_segments)) && report.duplicate_bytes == 0,
+        "sequence space on the TAP: {report:?}"
     );
     // C-018: the IPv6 family saw nothing.
     let v6 = stats(&mut rig, StatsFamily::Ipv6, false);

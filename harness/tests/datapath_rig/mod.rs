@@ -392,6 +392,7 @@ pub struct Captured {
 pub struct Capture {
     stop: Arc<AtomicBool>,
     frames: Arc<Mutex<Vec<Captured>>>,
+    drops: Arc<AtomicU32>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -399,12 +400,15 @@ impl Capture {
     pub fn start(bed: &TestBed) -> Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(Mutex::new(Vec::new()));
-        let (s, f) = (stop.clone(), frames.clone());
+        let drops = Arc::new(AtomicU32::new(0));
+        let (s, f, d) = (stop.clone(), frames.clone(), drops.clone());
         let tap = bed.device_tap();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = bed
             .ns
-            .spawn("rig-capture", move || capture_loop(&tap, &s, &f, ready_tx))
+            .spawn("rig-capture", move || {
+                capture_loop(&tap, &s, &f, &d, ready_tx)
+            })
             .expect("capture thread");
         ready_rx
             .recv_timeout(Duration::from_secs(5))
@@ -412,8 +416,23 @@ impl Capture {
         Capture {
             stop,
             frames,
+            drops,
             thread: Some(thread),
         }
+    }
+
+    /// Stop capturing; returns every frame and asserts the socket dropped none.
+    pub fn finish(mut self) -> Vec<Captured> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        assert_eq!(
+            self.drops.load(Ordering::Relaxed),
+            0,
+            "the capture socket dropped frames: it cannot judge the sequence space"
+        );
+        self.frames()
     }
 
     pub fn frames(&self) -> Vec<Captured> {
@@ -446,6 +465,7 @@ fn capture_loop(
     tap: &str,
     stop: &AtomicBool,
     frames: &Mutex<Vec<Captured>>,
+    drops: &AtomicU32,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let proto = (libc::ETH_P_ALL as u16).to_be();
@@ -477,6 +497,8 @@ fn capture_loop(
     };
     assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
     let one: libc::c_int = 1;
+    // A large buffer so a fast transfer is captured whole (drops are checked anyway).
+    let rcvbuf: libc::c_int = 64 << 20;
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 20_000,
@@ -493,13 +515,20 @@ fn capture_loop(
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            4,
+        );
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as u32,
         );
     }
     let _ = ready.send(());
-    let mut buf = vec![0u8; 70_000];
+    let mut buf = vec![0u8; 262_144];
     let mut cbuf = [0u64; 64];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: recvmsg into our buffers; all pointers stay valid for the call.
@@ -548,6 +577,54 @@ fn capture_loop(
                 vlan_tci,
                 from_device,
             });
+    }
+    // Frames the socket dropped: a capture with drops cannot judge gaps.
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt into a tpacket_stats of the size passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        drops.store(st.tp_drops, Ordering::Relaxed);
+    }
+}
+
+impl Rig {
+    /// Sequence-space check (chimney_device::seqcheck) of what the device sent on the rig's
+    /// connection as captured on the TAP: `len` bytes from SND.NXT at offload + `skip`.
+    pub fn check_sent_stream(
+        &self,
+        captured: &[Captured],
+        skip: u32,
+        len: u64,
+    ) -> chimney_device::seqcheck::StreamReport {
+        let frames: Vec<Vec<u8>> = captured
+            .iter()
+            .cloned()
+            .filter(|c| c.from_device)
+            .map(|c| c.frame)
+            .collect();
+        let local = SocketAddr::new(
+            self.export.path.const_.source_address,
+            self.export.tcp.const_.local_port,
+        );
+        let remote = SocketAddr::new(
+            self.export.path.const_.destination_address,
+            self.export.tcp.const_.remote_port,
+        );
+        let segs = chimney_device::seqcheck::segments_of(&frames, local, remote);
+        let start = self.export.tcp.delegated.snd_nxt.wrapping_add(skip);
+        chimney_device::seqcheck::check(&segs, start, len)
     }
 }
 
