@@ -610,9 +610,8 @@ impl Rig {
     ) -> chimney_device::seqcheck::StreamReport {
         let frames: Vec<Vec<u8>> = captured
             .iter()
-            .cloned()
             .filter(|c| c.from_device)
-            .map(|c| c.frame)
+            .map(|c| c.frame.clone())
             .collect();
         let local = SocketAddr::new(
             self.export.path.const_.source_address,
