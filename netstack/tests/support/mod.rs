@@ -66,6 +66,15 @@ pub fn test_engine_config(seed: u64) -> EngineConfig {
     // the kernel's next retransmission and reported TimedOut (loss20-dup-v6-passive, 0x2023).
     // The per-connection test bound (NETSTACK_LIMIT_SECS) catches a real stall instead.
     c.tcp.fin_wait_2 = Duration::from_secs(3600);
+    // RTO backoff capped at 1 s, like the kernel peer's tcp_rto_max_ms in the same rig (a 1 ms
+    // path needs no larger RTO), and a retry limit to match (the kernel gets tcp_retries2 =
+    // 200). Why: under 20 % loss each way an RTO retransmission fails (it or its ACK is lost)
+    // with p = 0.36, so chains of 9–13 consecutive failures occur a few times per 64 MiB cell
+    // matrix; with the default 60 s cap such a chain means 20–40 s without a single segment
+    // ("no progress for 30 s" stalls, one cell took 219 s), and a chain of 15 hit the default
+    // limit of 15 retransmissions (our side timed out, ~1 % per run of the 20 % cells).
+    c.tcp.max_rto = Duration::from_secs(1);
+    c.tcp.max_retransmissions = 100;
     c
 }
 
@@ -112,7 +121,26 @@ pub struct Rig {
     pub events: Vec<Event>,
     /// Drop everything in both directions (the peer "vanishes").
     pub blackhole: bool,
+    /// Flight recorder: the last frames as delivered (after impairment) both ways, with their
+    /// time; written out as a pcap by `stall_report` (a full pcap of a 64 MiB cell is ~150 MB).
+    recorder: std::collections::VecDeque<(std::time::Duration, Vec<u8>)>,
+    /// TAP writes that failed (time since start, error).
+    pub tap_write_failures: Vec<String>,
+    /// Kernel-side capture (NETSTACK_KERNEL_PCAP), stopped on drop.
+    kernel_pcap: Option<(std::process::Child, PathBuf)>,
 }
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some((mut c, _)) = self.kernel_pcap.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Frames the flight recorder keeps.
+const RECORDER_FRAMES: usize = 20_000;
 
 impl Rig {
     /// A fresh namespace + TAP, our engine, impairment seeded from `seed`.
@@ -144,6 +172,30 @@ impl Rig {
                 ])
                 .expect("set rto_min on the peer's route");
         }
+        // On an impaired wire the kernel's own neighbor resolution of our address is lossy too:
+        // three lost solicitations (0.36³ ≈ 5 % at 20 % loss each way) fail a connect() with
+        // EHOSTUNREACH (seen: loss20-v6-passive, seed 0x7143) or drop the kernel's queued
+        // output until it resolves again. That is the kernel's ARP/ND, not the TCP under test,
+        // so lossy rigs give the kernel a permanent entry for us; the clean rigs keep
+        // resolving dynamically (our ARP/NS answers stay tested there).
+        if !imp.is_clean() {
+            let mac = OUR_MAC.map(|b| format!("{b:02x}")).join(":");
+            for ip in [IpAddr::V4(GUEST_IPV4), IpAddr::V6(GUEST_IPV6)] {
+                topo.ns
+                    .ip(&[
+                        "neigh",
+                        "replace",
+                        &ip.to_string(),
+                        "lladdr",
+                        &mac,
+                        "dev",
+                        "tap0",
+                        "nud",
+                        "permanent",
+                    ])
+                    .expect("permanent neighbor entry for our engine in the peer's namespace");
+            }
+        }
         // And cap its RTO (Linux ≥ 6.15, per namespace; read at socket creation): under 20 %
         // loss both ways its RTT estimate can inflate to seconds (srtt ~8 s seen), and with the
         // default 120 s cap one lost retransmission stalled the kernel→us direction for
@@ -163,6 +215,22 @@ impl Rig {
         if let Err(e) = capped {
             eprintln!("note: could not cap the kernel peer's RTO (tcp_rto_max_ms): {e}");
         }
+        // NETSTACK_KERNEL_PCAP=1: also capture headers on the kernel's side of the TAP (what
+        // the kernel really received and sent), for stall analysis.
+        let kernel_pcap = std::env::var("NETSTACK_KERNEL_PCAP").ok().map(|_| {
+            let path = std::env::temp_dir().join(format!("kcap-{}.pcap", topo.ns.name()));
+            let child = topo
+                .ns
+                .command("tcpdump")
+                .args(["-i", "tap0", "-s", "128", "-U", "-w"])
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("tcpdump in the peer's namespace");
+            std::thread::sleep(Duration::from_millis(500));
+            (child, path)
+        });
         let start = std::time::Instant::now();
         let now = Instant::ZERO;
         let engine = Engine::new(cfg, now).expect("engine config");
@@ -179,7 +247,185 @@ impl Rig {
             frames_from_kernel: 0,
             events: Vec::new(),
             blackhole: false,
+            recorder: std::collections::VecDeque::with_capacity(RECORDER_FRAMES),
+            tap_write_failures: Vec::new(),
+            kernel_pcap,
         }
+    }
+
+    fn remember(&mut self, frame: &[u8]) {
+        let mut buf = if self.recorder.len() >= RECORDER_FRAMES {
+            self.recorder
+                .pop_front()
+                .map(|(_, b)| b)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.extend_from_slice(frame);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.recorder.push_back((ts, buf));
+    }
+
+    /// What a stalled connection looks like from both sides: the flight recorder's last
+    /// frames as a pcap (path returned in the text), the kernel socket (`ss -tinoem`) and the
+    /// kernel's TCP counters (`nstat -az`) in the peer's namespace.
+    pub fn stall_report(&mut self, name: &str) -> String {
+        let path = std::env::temp_dir().join(format!("{name}-stall-{}.pcap", std::process::id()));
+        let mut out = format!(
+            "kernel-side capture: {:?}\nTAP writes failed: {} (last: {:?})\n",
+            self.kernel_pcap.as_ref().map(|k| &k.1),
+            self.tap_write_failures.len(),
+            self.tap_write_failures
+                .iter()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        match PcapWriter::create(&path) {
+            Ok(w) => {
+                for (ts, f) in &self.recorder {
+                    let _ = w.record_at(*ts, f);
+                }
+                out += &format!("last {} frames: {}\n", self.recorder.len(), path.display());
+            }
+            Err(e) => out += &format!("flight recorder pcap not written: {e}\n"),
+        }
+        // Twice, 3 s apart, with the TAP's counters: does the kernel socket see our segments
+        // (segs_in) and answer (segs_out) while we see nothing?
+        for round in 0..2 {
+            if round == 1 {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            for args in [&["-tinoem"][..]] {
+                if let Ok(o) = self.topo.ns.command("ss").args(args).output() {
+                    out += &String::from_utf8_lossy(&o.stdout);
+                }
+            }
+            if let Ok(o) = self
+                .topo
+                .ns
+                .command("ip")
+                .args(["-s", "link", "show", "tap0"])
+                .output()
+            {
+                out += &String::from_utf8_lossy(&o.stdout);
+            }
+        }
+        // Experiment: replay our last frame to the kernel three times while capturing on the
+        // kernel's side of the TAP, then read what the kernel sent back. Shows whether the kernel
+        // answers at all, and whether its answers reach us.
+        let kpath =
+            std::env::temp_dir().join(format!("{name}-kernelside-{}.pcap", std::process::id()));
+        let dump = self
+            .topo
+            .ns
+            .command("tcpdump")
+            .args(["-i", "tap0", "-nn", "-U", "-w"])
+            .arg(&kpath)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        std::thread::sleep(Duration::from_millis(1500));
+        let ours = self
+            .recorder
+            .iter()
+            .rev()
+            .find(|(_, f)| f.len() > 60 && f[6..12] == OUR_MAC)
+            .map(|(_, f)| f.clone());
+        let mut back = 0;
+        if let Some(f) = ours {
+            for _ in 0..3 {
+                let w = self.topo.tap.write_frame(&VnetHeader::default(), &f);
+                out += &format!("replayed our last frame ({} bytes): {w:?}\n", f.len());
+                let mut buf = vec![0u8; 70_000];
+                let end = std::time::Instant::now() + Duration::from_millis(300);
+                while std::time::Instant::now() < end {
+                    if let Ok(Some(n)) = self
+                        .topo
+                        .tap
+                        .read_raw_timeout(&mut buf, Duration::from_millis(50))
+                    {
+                        back += 1;
+                        out += &format!(
+                            "  read back {} bytes: {:02x?}\n",
+                            n - 12,
+                            &buf[12..n.min(12 + 78)]
+                        );
+                    }
+                }
+            }
+        }
+        out += &format!("frames read back after the replays: {back}\n");
+        if let Ok(mut child) = dump {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Ok(o) = std::process::Command::new("tcpdump")
+                .args(["-nn", "-r"])
+                .arg(&kpath)
+                .output()
+            {
+                out += "kernel-side capture during the replays:\n";
+                out += &String::from_utf8_lossy(&o.stdout);
+            }
+        }
+        // Kernel-side threads of this process (the peer's reader/writer): state and wait channel.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+            for t in dir.flatten() {
+                let p = t.path();
+                let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+                if comm.trim() == "peer" {
+                    let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+                    let wchan = std::fs::read_to_string(p.join("wchan")).unwrap_or_default();
+                    let state = stat
+                        .rsplit(") ")
+                        .next()
+                        .unwrap_or("")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("");
+                    out += &format!(
+                        "peer thread {:?}: state {state} wchan {wchan}\n",
+                        t.file_name()
+                    );
+                }
+            }
+        }
+        if let Ok(o) = self
+            .topo
+            .ns
+            .command("tc")
+            .args(["-s", "qdisc", "show", "dev", "tap0"])
+            .output()
+        {
+            out += &String::from_utf8_lossy(&o.stdout);
+        }
+        for fam in ["-4", "-6"] {
+            if let Ok(o) = self
+                .topo
+                .ns
+                .command("ip")
+                .args([fam, "-s", "neigh"])
+                .output()
+            {
+                out += &String::from_utf8_lossy(&o.stdout);
+            }
+        }
+        if let Ok(o) = self.topo.ns.command("nstat").args(["-az"]).output() {
+            let text = String::from_utf8_lossy(&o.stdout);
+            for l in text.lines() {
+                let nonzero = l.split_whitespace().nth(1).is_some_and(|v| v != "0");
+                if nonzero {
+                    out += l;
+                    out += "\n";
+                }
+            }
+        }
+        out
     }
 
     pub fn with_pcap(mut self, name: &str) -> Self {
@@ -204,6 +450,7 @@ impl Rig {
         }
         // Impairment → engine.
         while let Some(f) = self.down.pop(now) {
+            self.remember(&f);
             let _ = self.engine.handle_frame(now, &f);
             self.down.recycle(f);
         }
@@ -271,9 +518,19 @@ impl Rig {
             if let Some(p) = &self.pcap {
                 let _ = p.record(&f);
             }
+            self.remember(&f);
             let hdr = VnetHeader::default();
-            // A full kernel queue drops the frame: that is loss, which TCP handles.
-            let _ = self.topo.tap.write_frame(&hdr, &f);
+            // A full kernel queue drops the frame: that is loss, which TCP handles. Counted,
+            // with the last error, for the stall report.
+            match self.topo.tap.write_frame(&hdr, &f) {
+                Ok(true) => {}
+                Ok(false) => self
+                    .tap_write_failures
+                    .push(format!("{:?}: queue full", self.start.elapsed())),
+                Err(e) => self
+                    .tap_write_failures
+                    .push(format!("{:?}: {e}", self.start.elapsed())),
+            }
             self.frames_to_kernel += 1;
             self.up.recycle(f);
         }
@@ -401,7 +658,35 @@ pub fn kernel_connect<R: Send + 'static>(
         .expect("spawn peer thread in namespace")
 }
 
-/// Kernel side: read to EOF, return (bytes, sha256).
+/// Keep the kernel socket open until the peer (our engine) has acknowledged everything the
+/// kernel sent, FIN included (`SIOCOUTQ` = write_seq − snd_una = 0), or `limit` passes.
+///
+/// Why: a test peer that closes its last descriptor while its data is still unacknowledged
+/// leaves an orphaned socket, and Linux gives orphans only `tcp_orphan_retries` (8) worth of
+/// retransmission time before it aborts them silently (TCPAbortOnTimeout, no RST). Under 20 %
+/// loss that killed the kernel→us direction of live transfers (seed 0x2022, 0x7142): our
+/// engine had sent everything, the kernel's application had read to EOF and closed, and the
+/// kernel dropped the last ~700 KB it still had to deliver. A real application that wants
+/// its data delivered waits the same way (or lingers).
+pub fn wait_until_acked(s: &TcpStream, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let mut outq: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+        if rc != 0 || outq == 0 || std::time::Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How long a kernel peer waits for its data to be acknowledged before closing.
+const PEER_LINGER: Duration = Duration::from_secs(600);
+
+/// Kernel side: read to EOF, return (bytes, sha256). Before returning (and closing its
+/// descriptor), waits until everything the kernel sent on this socket is acknowledged.
 pub fn kernel_sink(mut s: TcpStream) -> (u64, [u8; 32]) {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -416,6 +701,7 @@ pub fn kernel_sink(mut s: TcpStream) -> (u64, [u8; 32]) {
             Err(e) => panic!("kernel peer read failed after {n} bytes: {e}"),
         }
     }
+    wait_until_acked(&s, PEER_LINGER);
     (n, h.finalize().into())
 }
 
@@ -432,6 +718,7 @@ pub fn kernel_source(mut s: TcpStream, seed: u64, len: u64) -> u64 {
         off += n as u64;
     }
     s.shutdown(std::net::Shutdown::Write).ok();
+    wait_until_acked(&s, PEER_LINGER);
     off
 }
 
