@@ -82,7 +82,9 @@ pub fn offloaded(
         request_id: 0,
         data: vec![0x5a; chunk],
     };
+    // 16 posted 64 KiB buffers (1 MiB posted; the device's receive window is 512 KiB).
     let posts = 16usize.min(slots);
+    let cap = 64 << 10;
     let start = Instant::now();
     let mut window: Option<(Window, u64)> = None;
     let mut last_pair0 = Instant::now();
@@ -95,7 +97,7 @@ pub fn offloaded(
             }
             Direction::Rx => {
                 while pump.posted < posts {
-                    pump.post(&mut rig, tcp, 64 << 10)?;
+                    pump.post(&mut rig, tcp, cap)?;
                 }
                 pump.return_indications(&mut rig)?;
             }

@@ -32,6 +32,9 @@ struct Args {
     /// Connection counts of the bulk-offload runs (item 3).
     #[arg(long, value_delimiter = ',')]
     bulk: Vec<usize>,
+    /// Initiate/terminate round trips measured (item 3; default 200 with --quick, else 2000).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Connection counts of the scaling runs (item 5).
     #[arg(long, value_delimiter = ',')]
     scaling: Vec<usize>,
@@ -61,7 +64,7 @@ impl Plan {
         };
         Plan {
             secs,
-            rounds: if a.quick { 200 } else { 2000 },
+            rounds: a.rounds.unwrap_or(if a.quick { 200 } else { 2000 }),
             bulk: pick(&a.bulk, &[1000, 20_000], &[1000, 100_000, 1_000_000]),
             bulk_budget: Duration::from_secs(if a.quick { 15 } else { 150 }),
             max_device_rss: 8 << 30,
@@ -260,12 +263,39 @@ fn item_3(
     let single_rate = 1e6 / percentile(&lat.initiate_us, 0.5);
     let kernel_sock = veth::kernel_tcp_sock_bytes().ok();
     let mut first_rate = None;
+    // Bytes per idle connection of the largest run so far: a size whose projected device
+    // RSS exceeds the cap is not started (it would only stop at the cap, or swap the
+    // machine the other engineers share); its projection is reported instead.
+    let mut per_conn: Option<(usize, f64)> = None;
     for &n in &plan.bulk {
-        let budget = if n >= 1_000_000 {
-            plan.bulk_budget * 2
-        } else {
-            plan.bulk_budget
-        };
+        if let Some((m, b)) = per_conn {
+            let projected = b * n as f64;
+            if projected > plan.max_device_rss as f64 {
+                let total = sys::mem_total().unwrap_or(0) as f64;
+                let gib = |v: f64| v / (1u64 << 30) as f64;
+                let why = format!(
+                    "not run: {} B per idle connection (measured at {m}) × {n} = {:.1} GiB of device RSS, above the {:.0} GiB cap of this run on a {:.0} GiB machine",
+                    num(b),
+                    gib(projected),
+                    gib(plan.max_device_rss as f64),
+                    gib(total)
+                );
+                p.done(format!("bulk {n}: {why}"));
+                figures.push(
+                    Figure::new(
+                        &format!("idle_conn_projected_gib_{n}"),
+                        3,
+                        &format!("projected device RSS for {n} idle offloaded connections"),
+                        gib(projected),
+                        "GiB",
+                    )
+                    .against("machine memory", gib(total), "GiB")
+                    .note(why),
+                );
+                continue;
+            }
+        }
+        let budget = plan.bulk_budget;
         let b = control::bulk(opts, n, budget, plan.max_device_rss, p)
             .with_context(|| format!("bulk offload of {n}"))?;
         p.done(format!(
@@ -305,6 +335,7 @@ fn item_3(
             Some((n0, r0)) => rate.against(&format!("bulk rate at {n0}"), r0, "conn/s"),
         });
         first_rate.get_or_insert((n, b.rate()));
+        per_conn = Some((n, b.bytes_per_conn()));
         if n >= 10_000 {
             let mem = Figure::new(
                 &format!("idle_conn_bytes_{n}"),

@@ -46,22 +46,28 @@ pub struct Report {
 }
 
 impl Figure {
+    /// A non-finite value (nothing measured) is stored as 0 with a note: JSON has no NaN.
     pub fn new(key: &str, item: u8, what: &str, value: f64, unit: &str) -> Figure {
         Figure {
             key: key.to_string(),
             item,
             what: what.to_string(),
-            value,
+            value: if value.is_finite() { value } else { 0.0 },
             unit: unit.to_string(),
             baseline: None,
             ratio: None,
             target: None,
-            note: String::new(),
+            note: if value.is_finite() {
+                String::new()
+            } else {
+                "not measured (no samples)".to_string()
+            },
         }
     }
 
     pub fn against(mut self, what: &str, value: f64, unit: &str) -> Figure {
-        self.ratio = (value != 0.0 && value.is_finite()).then(|| self.value / value);
+        let value = if value.is_finite() { value } else { 0.0 };
+        self.ratio = (value != 0.0).then(|| self.value / value);
         self.baseline = Some(Baseline {
             what: what.to_string(),
             value,
@@ -76,7 +82,12 @@ impl Figure {
     }
 
     pub fn note(mut self, n: impl Into<String>) -> Figure {
-        self.note = n.into();
+        let n = n.into();
+        if self.note.is_empty() {
+            self.note = n;
+        } else {
+            self.note = format!("{}; {n}", self.note);
+        }
         self
     }
 }
@@ -165,6 +176,16 @@ mod tests {
             t.contains("| 1 | w | 5.00 MB/s | b: 10.0 MB/s | 0.500 | >= 0.5 |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn nan_value_becomes_zero_with_a_note_and_the_json_still_parses() {
+        let f = Figure::new("k", 3, "w", f64::NAN, "us").against("b", f64::NAN, "us");
+        assert_eq!((f.value, f.ratio), (0.0, None));
+        assert_eq!(f.note, "not measured (no samples)");
+        let text = serde_json::to_string(&f).expect("json");
+        let back: Figure = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, f);
     }
 
     #[test]

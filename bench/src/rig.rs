@@ -209,32 +209,42 @@ impl Rig {
     }
 }
 
-/// Find the device executable: `$CHIMNEY_DEVICE_BIN`, else next to this executable (a
-/// `cargo build --release -p chimney-device -p chimney-bench` puts both in target/release),
-/// else build it optimised with cargo when running under cargo.
+/// Find the device executable: `$CHIMNEY_DEVICE_BIN`; else next to this executable (a
+/// `cargo build --release -p chimney-device -p chimney-bench` puts both in target/release);
+/// for test binaries (in `deps/`) the harness's finder (test profile, like every harness
+/// test); else, under cargo, build it optimised into our own target directory and take it
+/// from there. A benchmark of an unoptimised device would measure the wrong thing.
 pub fn device_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CHIMNEY_DEVICE_BIN") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(|e| BenchError::io("current_exe", e))?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let cand = dir.join("chimney-device");
-        if cand.is_file() {
-            return Ok(cand);
-        }
+    let sibling = || {
+        exe.ancestors()
+            .skip(1)
+            .take(2)
+            .map(|d| d.join("chimney-device"))
+            .find(|c| c.is_file())
+    };
+    if let Some(p) = sibling() {
+        return Ok(p);
+    }
+    if exe.parent().is_some_and(|d| d.ends_with("deps")) {
+        return Ok(chimney_harness::device_process::device_binary()?);
     }
     if let Some(cargo) = std::env::var_os("CARGO") {
-        let st = std::process::Command::new(cargo)
-            .args(["build", "--release", "-p", "chimney-device"])
-            .status()
-            .map_err(|e| BenchError::io("cargo build -p chimney-device", e))?;
-        if st.success() {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("target"));
-            let p = target.join("release").join("chimney-device");
-            if p.is_file() {
-                return Ok(p);
+        let in_release = exe.parent().is_some_and(|d| d.ends_with("release"));
+        let target_dir = exe.parent().and_then(|d| d.parent());
+        if let (true, Some(target_dir)) = (in_release, target_dir) {
+            let st = std::process::Command::new(cargo)
+                .args(["build", "--release", "-p", "chimney-device", "--target-dir"])
+                .arg(target_dir)
+                .status()
+                .map_err(|e| BenchError::io("cargo build -p chimney-device", e))?;
+            if st.success() {
+                if let Some(p) = sibling() {
+                    return Ok(p);
+                }
             }
         }
     }

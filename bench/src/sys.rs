@@ -110,6 +110,18 @@ impl Window {
     }
 }
 
+/// Physical memory of the machine in bytes (`MemTotal`).
+pub fn mem_total() -> Result<u64> {
+    let text =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| BenchError::io("/proc/meminfo", e))?;
+    text.lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| BenchError::Parse("/proc/meminfo: no MemTotal".into()))
+}
+
 /// Short description of the machine for the report.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism()
