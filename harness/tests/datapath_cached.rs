@@ -1,6 +1,6 @@
 //! Issue 4, "Invalidate and update take effect on live connections": cached updates of an
 //! offloaded connection change what the device puts on the wire (C-083, C-091, C-218,
-//! C-087). The device applies the host's UPDATE to the running engine; the frames are
+//! C-087, C-086). The device applies the host's UPDATE to the running engine; the frames are
 //! judged on the Linux peer's TAP (raw capture in the namespace) and by the peer's socket.
 //! Needs root.
 
@@ -169,4 +169,55 @@ fn keepalive_switched_on_and_off_by_update_probes_only_while_on_c218_c087() {
     // The connection still works afterwards (the probes were answered).
     let e = pattern(0x4a12, 5000);
     assert!(rig.send_and_peer_reads(&e, 5000) == e);
+}
+
+#[test]
+fn initial_rcv_wnd_update_with_update_rcv_wnd_advertises_the_new_window_at_once_c086() {
+    let mut rig = Rig::start(RigOptions::default());
+    let cap = Capture::start(&rig.bed);
+    // Some traffic from the peer first, so the device has advertised its window.
+    let inb = pattern(0x3d, 64 << 10);
+    assert!(rig.peer_writes(&inb) == inb);
+    let scale = u32::from(rig.tcp_state.konst.rcv_wind_scale);
+    let port = rig.export.tcp.const_.local_port;
+    let windows = |frames: &[Captured]| -> Vec<u64> {
+        frames
+            .iter()
+            .filter(|c| c.from_device)
+            .filter_map(|c| tcp_view(&c.frame))
+            .filter(|t| t.src_port == port)
+            .map(|t| u64::from(t.window) << scale)
+            .collect()
+    };
+    let before = windows(&cap.frames());
+    assert!(!before.is_empty(), "no ACK of the peer's data captured");
+    // Twice the largest window advertised so far, within what the scale can express.
+    let max_before = before.iter().copied().max().unwrap_or(0);
+    let new_wnd = (max_before * 2).min(65_535 << scale) as u32;
+    println!("scale {scale}, largest window so far {max_before}, new InitialRcvWnd {new_wnd}");
+    assert!(
+        u64::from(new_wnd) > max_before + (1 << scale),
+        "no room to grow the window"
+    );
+    let mut cached = rig.tcp_state.cached;
+    cached.initial_rcv_wnd = new_wnd;
+    cached.flags |= chimney_abi::TCP_FLAG_UPDATE_RCV_WND;
+    assert_eq!(rig.update_tcp(cached), NdisStatus::SUCCESS);
+    // C-086: the new window is advertised without waiting for data.
+    let n = before.len();
+    rig.until(
+        "an ACK advertising the new window",
+        Duration::from_secs(5),
+        |_| {
+            windows(&cap.frames())[n..]
+                .iter()
+                .any(|w| *w + (1 << scale) > u64::from(new_wnd))
+        },
+    );
+    let after = windows(&cap.frames());
+    assert!(
+        after[n..].iter().all(|w| *w <= u64::from(new_wnd)),
+        "window beyond InitialRcvWnd: {:?}",
+        &after[n..]
+    );
 }
