@@ -221,3 +221,37 @@ fn initial_rcv_wnd_update_with_update_rcv_wnd_advertises_the_new_window_at_once_
         &after[n..]
     );
 }
+
+#[test]
+fn max_rt_update_bounds_retransmission_time_then_retrieve_timeout_c090_c088() {
+    let mut rig = Rig::start(RigOptions::default());
+    let d = pattern(0x3a7, 20_000);
+    assert!(rig.send_and_peer_reads(&d, 10_000) == d);
+    // The peer vanishes: its side of the TAP goes down, so nothing the device sends
+    // arrives and nothing comes back.
+    let tap = chimney_harness::TestBedConfig::default().topology.tap_name;
+    rig.bed
+        .ns
+        .ip(&["link", "set", "dev", &tap, "down"])
+        .expect("link down");
+    // MaxRT 300 ticks (300 ms) with MAX_RT_RESTART (C-088, C-090): retransmission of one
+    // segment is bounded by time. Without it the default limit (15 retransmissions with
+    // exponential backoff) takes minutes, far beyond this test's bound.
+    let mut cached = rig.tcp_state.cached;
+    cached.max_rt = 300;
+    cached.flags |= 0x08;
+    assert_eq!(rig.update_tcp(cached), NdisStatus::SUCCESS);
+    rig.send(&pattern(0x3a8, 5_000), 5_000);
+    let tcp = rig.tcp();
+    rig.until(
+        "TcpIndicateRetrieve / TimeoutExpiration",
+        Duration::from_secs(15),
+        |r| {
+            r.events.iter().any(|e| {
+                e.handle == Some(tcp)
+                    && e.code == chimney_abi::event::tcp_event::RETRIEVE
+                    && e.info == chimney_abi::event::upload_reason::TIMEOUT_EXPIRATION
+            })
+        },
+    );
+}
