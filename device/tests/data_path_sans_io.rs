@@ -594,3 +594,69 @@ fn policy_completion_delays_reorder_across_connections_but_never_within_one_c140
         "the seed never changed the order across connections"
     );
 }
+
+/// An Ethernet frame with an 802.1Q tag (VID `vid`, PCP 0) inserted.
+fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
+    let mut t = f[..12].to_vec();
+    t.extend_from_slice(&[0x81, 0x00]);
+    t.extend_from_slice(&vid.to_be_bytes());
+    t.extend_from_slice(&f[12..]);
+    t
+}
+
+#[test]
+fn neighbor_vlan_filters_received_frames_by_vid_c178() {
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(&mut rig);
+    let mut export = rig.host.export(rig.now, hc).unwrap();
+    export.neighbor.const_.vlan_id = 7;
+    rig.dp.offload(H, 1, &export, rig.now).unwrap();
+    // Three copies of one peer data segment: untagged, VID 8, VID 7. Only the last is
+    // the connection's (§3.16: a neighbor with VlanId 7 accepts only VID 7).
+    rig.peer.send(pc, b"tagged data").unwrap();
+    let now = rig.now + std::time::Duration::from_millis(1);
+    let seg = rig
+        .peer
+        .poll_transmit(now)
+        .expect("peer segment")
+        .frame
+        .to_vec();
+    for f in [seg.clone(), tagged(&seg, 8), tagged(&seg, 7)] {
+        let h = rig.dp.classify(&f).expect("the switch finds the 4-tuple");
+        rig.dp.handle_frame(now, h, &f, false);
+    }
+    rig.dp.flush(now);
+    let recs: Vec<DataRecord> = rig.dp.take_records(0).unwrap().drain(..).collect();
+    let got: Vec<u8> = recs.iter().flat_map(|r| r.data.clone()).collect();
+    assert_eq!(got, b"tagged data", "delivered once, from the VID 7 copy");
+    let (ip, tcp) = rig.dp.statistics(chimney_abi::StatsFamily::Ipv4, false);
+    assert_eq!(
+        (ip.in_discards, ip.in_receives, tcp.in_segments),
+        (2, 1, 1),
+        "two copies discarded by the VLAN filter, one received"
+    );
+    // And the device's own frames carry VID 7 (C-152): its data and the ACK it owes.
+    rig.dp.data_request(
+        now,
+        DataRequest::Send {
+            handle: H,
+            request_id: 1,
+            data: b"reply".to_vec(),
+        },
+    );
+    rig.dp.flush(now);
+    let out = rig.to_peer.lock().unwrap().drain(..).collect::<Vec<_>>();
+    assert!(!out.is_empty(), "the device sent nothing");
+    for f in &out {
+        assert_eq!(
+            &f[12..16],
+            &[0x81, 0x00, 0x00, 0x07],
+            "tag of a device frame"
+        );
+    }
+}
