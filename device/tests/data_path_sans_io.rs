@@ -660,3 +660,92 @@ fn neighbor_vlan_filters_received_frames_by_vid_c178() {
         );
     }
 }
+
+/// C-231: after the policy's OFFLOAD_PAUSE the device still accepts an initiate that was
+/// already on its way, and keeps the first connection running.
+#[test]
+fn initiate_after_policy_pause_is_still_accepted_c231() {
+    use chimney_abi::{
+        CompletionBody, EventClass, Negotiate, ObjectState, OffloadParameters, Request,
+        RequestBody, RxRecord, TreeBuilder,
+    };
+    use chimney_device::control_ring::ControlPlane;
+    use chimney_device::state_manipulation::ObjectLimits;
+    let mut rig = Rig::new();
+    let policy = chimney_device::policy::FilePolicy::parse("[adapter]\npause_after_offloads = 1\n")
+        .expect("policy");
+    let dp = Arc::new(Mutex::new(std::mem::replace(
+        &mut rig.dp,
+        DataPath::new(HOST_MAC, 1, TxOffload::default(), Box::new(|_| {})),
+    )));
+    dp.lock().unwrap().set_policy(Box::new(policy));
+    let mut plane = ControlPlane::with_data_path(ObjectLimits::default(), dp.clone());
+    let call =
+        |plane: &mut ControlPlane, id: u64, body: RequestBody, data: &[chimney_abi::TcpData]| {
+            plane.handle(
+                &Request {
+                    request_id: id,
+                    body,
+                }
+                .encode_with_data(data),
+                0,
+            )
+        };
+    call(
+        &mut plane,
+        1,
+        RequestBody::Negotiate(Negotiate {
+            min_version: 1,
+            max_version: 1,
+        }),
+        &[],
+    );
+    call(
+        &mut plane,
+        2,
+        RequestBody::SetParameters(OffloadParameters::default()),
+        &[],
+    );
+    let mut statuses = Vec::new();
+    let mut adapter = Vec::new();
+    for i in 0..2u64 {
+        let hc = rig
+            .host
+            .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+            .unwrap();
+        rig.pump(20);
+        accept(&mut rig);
+        let export = rig.host.export(rig.now, hc).unwrap();
+        let (n, p, t, mut d) = conversion::from_export(&export);
+        let mut n = n;
+        n.konst.dl_source_address = [0; 32];
+        let mut b = TreeBuilder::new_object(10 * i, ObjectState::Neighbor(n));
+        let pb = b.new_dependent(0, 10 * i + 1, ObjectState::Path(p));
+        let tb = b.new_dependent(pb, 10 * i + 2, ObjectState::Tcp(t));
+        d.block = tb;
+        for r in call(&mut plane, 10 + i, RequestBody::Initiate(b.build()), &[d]) {
+            match r {
+                RxRecord::Completion(c) => {
+                    if let CompletionBody::Initiate(r) = c.body {
+                        statuses.push(r.iter().map(|b| b.status).collect::<Vec<_>>());
+                    }
+                }
+                RxRecord::Event(e) if e.class == EventClass::StatusIndication => {
+                    adapter.push((i, e.status))
+                }
+                RxRecord::Event(_) => {}
+            }
+        }
+    }
+    assert_eq!(
+        adapter,
+        vec![(0, NdisStatus::OFFLOAD_PAUSE)],
+        "one PAUSE, after the first offload"
+    );
+    assert_eq!(
+        statuses,
+        vec![vec![NdisStatus::SUCCESS; 3]; 2],
+        "both initiates succeed, the second after the pause"
+    );
+    assert_eq!(dp.lock().unwrap().len(), 2, "both connections run");
+}
