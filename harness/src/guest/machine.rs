@@ -305,7 +305,8 @@ impl<P: Platform> Machine<P> {
 
     /// Terminate an offloaded connection (tree neighbor → path → TCP) and continue it in
     /// the engine from the returned delegated state and UPLOAD_DATA (C-112, C-116).
-    /// `import = false` only terminates (a connection that ended in the device).
+    /// `import = false` only terminates (a connection that ended in the device); a returned
+    /// state of Closed or TimeWait is not imported either. `None`: nothing to continue.
     pub fn upload(
         &mut self,
         handles: [DeviceHandle; 3],
@@ -352,6 +353,17 @@ impl<P: Platform> Machine<P> {
             Some(DelegatedState::Tcp(d)) => d,
             other => return Err(format!("terminate: no TCP state returned: {other:?}")),
         };
+        // A connection that ended in the device (reset, TIME_WAIT after both FINs) has
+        // nothing to continue in the host stack.
+        if matches!(
+            delegated.state,
+            chimney_abi::TcpConnectionState::Closed | chimney_abi::TcpConnectionState::TimeWait
+        ) {
+            self.events.retain(|e| {
+                !(e.code == chimney_abi::event::tcp_event::UPLOAD_DATA && e.handle == Some(tcp))
+            });
+            return Ok(None);
+        }
         // The UPLOAD_DATA event came before the completion (ring-abi.md §16.4).
         let mut data = TcpData::default();
         let mut rest = Vec::new();

@@ -102,10 +102,16 @@ impl GuestSummary {
 /// The prefix of the summary line.
 pub const SUMMARY_PREFIX: &str = "CHIMNEY summary ";
 
-/// Find the summary in a console log (the last summary line wins). Kernel messages may
-/// share a line with it only before the marker; a line cut short is not a summary.
+/// Find the summary in a console log (the last complete summary line wins). Kernel
+/// messages may share a line with it only before the marker; a line not yet ended by a
+/// newline is not looked at; a line cut short is an error, not a summary.
 pub fn parse_summary(console: &str) -> Option<Result<GuestSummary, String>> {
-    let line = console.lines().rev().find(|l| l.contains(SUMMARY_PREFIX))?;
+    // Only whole lines: the console file is read while QEMU is still writing it.
+    let complete = &console[..console.rfind('\n').map_or(0, |i| i + 1)];
+    let line = complete
+        .lines()
+        .rev()
+        .find(|l| l.contains(SUMMARY_PREFIX))?;
     let at = line.find(SUMMARY_PREFIX)? + SUMMARY_PREFIX.len();
     Some(
         serde_json::from_str(line[at..].trim_end_matches('\r'))
@@ -162,9 +168,24 @@ mod tests {
 
     #[test]
     fn cut_summary_line_is_an_error_not_a_pass() {
-        let console = format!("{SUMMARY_PREFIX}{{\"agent\":\"x\",\"scen");
+        let console = format!("{SUMMARY_PREFIX}{{\"agent\":\"x\",\"scen\n");
         assert!(matches!(parse_summary(&console), Some(Err(_))));
         assert!(parse_summary("no summary here\n").is_none());
+    }
+
+    #[test]
+    fn summary_line_still_being_written_is_not_read_yet() {
+        let json = serde_json::to_string(&sample()).expect("json");
+        let half = format!(
+            "CHIMNEY agent ready\n{SUMMARY_PREFIX}{}",
+            &json[..json.len() / 2]
+        );
+        assert!(
+            parse_summary(&half).is_none(),
+            "a line without its newline was read"
+        );
+        let whole = format!("{SUMMARY_PREFIX}{json}\n");
+        assert_eq!(parse_summary(&whole), Some(Ok(sample())));
     }
 
     #[test]

@@ -245,17 +245,15 @@ impl<P: Platform> Run<'_, P> {
                 port,
                 ..
             } => {
-                if *mode == OpenMode::Passive {
-                    return Res::Unsupported(
-                        "`open` with mode = \"passive\": the peer service does not connect to \
-                         the guest yet"
-                            .into(),
-                    );
-                }
                 if *family == Family::Both {
                     return Res::Unsupported("`open` needs family ipv4 or ipv6".into());
                 }
-                self.open(name, *family == Family::Ipv6, *port)
+                self.open(
+                    name,
+                    *family == Family::Ipv6,
+                    *mode == OpenMode::Active,
+                    *port,
+                )
             }
             Step::OffloadConnection { conn, expect, .. } => {
                 if expect.is_some_and(|e| e.0 != NdisStatus::SUCCESS) {
@@ -282,7 +280,18 @@ impl<P: Platform> Run<'_, P> {
                 mode,
                 sha256,
                 ..
-            } => self.receive(conn, *bytes, *mode, sha256.as_deref()),
+            } => {
+                let offloaded = self.conns.get(conn).is_some_and(|c| c.offloaded.is_some());
+                if offloaded && *mode == ReceiveMode::Indicated {
+                    return Res::Unsupported(
+                        "`receive` with mode = \"indicated\" on an offloaded connection: the agent \
+                         drives the data ring directly and posts buffers (no NDIS indication \
+                         handler)"
+                            .into(),
+                    );
+                }
+                self.receive(conn, *bytes, sha256.as_deref())
+            }
             Step::Terminate { objects, .. } => self.terminate(&objects.0),
             Step::Disconnect {
                 conn,
@@ -326,6 +335,7 @@ impl<P: Platform> Run<'_, P> {
                 };
                 self.expect_events(&objects.0, code, reason.map(|r| r as u32))
             }
+            Step::ExpectNoEvents { wait_ms, .. } => self.expect_no_events(*wait_ms),
             other => return Res::Unsupported(format!("`{}` is {UNSUPPORTED}", other.name())),
         };
         match r {
@@ -340,29 +350,65 @@ impl<P: Platform> Run<'_, P> {
             .ok_or_else(|| format!("no connection `{name}` (open it first)"))
     }
 
-    fn open(&mut self, name: &str, v6: bool, port: u16) -> MResult<String> {
+    fn open(&mut self, name: &str, v6: bool, active: bool, port: u16) -> MResult<String> {
         if self.conns.contains_key(name) {
             return Err(format!("connection `{name}` is already open"));
         }
         let out_seed = seeded(self.seed, name);
         let peer_seed = out_seed ^ 0x5555_aaaa_5555_aaaa;
-        self.peer.request(
-            self.m,
-            &format!("LISTEN {port} {} {peer_seed}", if v6 { 6 } else { 4 }),
-            STALL_LIMIT,
-        )?;
-        let ip: IpAddr = if v6 {
-            PEER_IPV6.into()
+        let fam = if v6 { 6 } else { 4 };
+        let h = if active {
+            self.peer.request(
+                self.m,
+                &format!("LISTEN {port} {fam} {peer_seed}"),
+                STALL_LIMIT,
+            )?;
+            let ip: IpAddr = if v6 {
+                PEER_IPV6.into()
+            } else {
+                PEER_IPV4.into()
+            };
+            let now = self.m.now();
+            let h = self
+                .m
+                .engine
+                .connect(now, SocketAddr::new(ip, port), None)
+                .map_err(|e| format!("connect: {e}"))?;
+            wait_established(self.m, h, name)?;
+            h
         } else {
-            PEER_IPV4.into()
+            // Passive: the host stack listens, the peer connects to the guest.
+            self.m.engine.listen(port);
+            self.peer.request(
+                self.m,
+                &format!("CONNECT {port} {fam} {peer_seed}"),
+                STALL_LIMIT,
+            )?;
+            let until = Instant::now() + STALL_LIMIT;
+            let h = loop {
+                let mut got = None;
+                let mut keep = Vec::new();
+                while let Some(e) = self.m.engine.poll_event() {
+                    match e {
+                        NetEvent::Accepted { port: p, conn } if p == port => got = Some(conn),
+                        other => keep.push(other),
+                    }
+                }
+                if let Some(h) = got {
+                    break h;
+                }
+                if Instant::now() > until {
+                    self.m.engine.unlisten(port);
+                    return Err(format!(
+                        "passive open on port {port}: the peer's connection did not arrive \
+                         within {STALL_LIMIT:?}"
+                    ));
+                }
+                self.m.poll(Duration::from_millis(2))?;
+            };
+            self.m.engine.unlisten(port);
+            h
         };
-        let now = self.m.now();
-        let h = self
-            .m
-            .engine
-            .connect(now, SocketAddr::new(ip, port), None)
-            .map_err(|e| format!("connect: {e}"))?;
-        wait_established(self.m, h, name)?;
         let t = self.m.engine.tuple(h).map_err(|e| e.to_string())?;
         self.conns.insert(
             name.to_string(),
@@ -379,8 +425,10 @@ impl<P: Platform> Run<'_, P> {
             },
         );
         Ok(format!(
-            "{} → {} established in the host stack",
-            t.local, t.remote
+            "{} {} → {} established in the host stack",
+            if active { "active" } else { "passive" },
+            t.local,
+            t.remote
         ))
     }
 
@@ -508,13 +556,7 @@ impl<P: Platform> Run<'_, P> {
         mine
     }
 
-    fn receive(
-        &mut self,
-        name: &str,
-        bytes: u64,
-        mode: ReceiveMode,
-        sha256: Option<&str>,
-    ) -> MResult<String> {
+    fn receive(&mut self, name: &str, bytes: u64, sha256: Option<&str>) -> MResult<String> {
         let c = self.conn(name)?;
         // The bytes the peer is about to write and their hash.
         let mut want = Sha256::new();
@@ -561,11 +603,6 @@ impl<P: Platform> Run<'_, P> {
         } else {
             let tcp =
                 off.ok_or_else(|| format!("`{name}` is neither in the host stack nor offloaded"))?;
-            if mode == ReceiveMode::Indicated {
-                return Err(
-                    "receive mode indicated: the agent posts buffers; use mode = \"posted\"".into(),
-                );
-            }
             // Buffers first, then the peer writes (C-158: data goes into posted buffers).
             // (request id, capacity) of the buffers at the device.
             let mut open: Vec<(u64, u64)> = Vec::new();
@@ -664,7 +701,7 @@ impl<P: Platform> Run<'_, P> {
             let h = self.m.upload(handles, &export, import)?;
             let c = self.conn(&name)?;
             c.h = h;
-            out.push(if import {
+            out.push(if h.is_some() {
                 format!("`{name}` terminated and continued in the host stack")
             } else {
                 format!("`{name}` terminated (it had ended in the device)")
@@ -815,6 +852,23 @@ impl<P: Platform> Run<'_, P> {
         Ok(out.join("; "))
     }
 
+    fn expect_no_events(&mut self, wait_ms: u32) -> MResult<String> {
+        let until = Instant::now() + Duration::from_millis(u64::from(wait_ms.min(10_000)));
+        while Instant::now() < until {
+            self.m.poll(Duration::from_millis(2))?;
+        }
+        if self.m.events.is_empty() {
+            return Ok(format!("no event within {wait_ms} ms"));
+        }
+        let seen: Vec<String> = self
+            .m
+            .events
+            .iter()
+            .map(|e| format!("code {} handle {:?} info {}", e.code, e.handle, e.info))
+            .collect();
+        Err(format!("expected no events, seen: [{}]", seen.join(", ")))
+    }
+
     /// Leave nothing behind for the next scenario: terminate what is still offloaded, abort
     /// host-stack connections, drop stray events and records.
     fn cleanup(&mut self) {
@@ -828,6 +882,13 @@ impl<P: Platform> Run<'_, P> {
                     let _ = self.m.engine.abort(h);
                 }
             }
+        }
+        // The peer's side of every connection of this scenario goes too (ports free again).
+        let ports: Vec<u16> = self.conns.values().map(|c| c.port).collect();
+        for p in ports {
+            let _ = self
+                .peer
+                .request(self.m, &format!("FORGET {p}"), Duration::from_secs(10));
         }
         let _ = self.m.poll(Duration::from_millis(5));
         self.m.events.clear();

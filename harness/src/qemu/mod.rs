@@ -411,9 +411,10 @@ pub fn run(opts: &QemuOptions) -> Result<QemuReport, String> {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         if summary_text.is_none() {
-            if let Some(s) = parse_summary(&text) {
+            // A broken summary is judged once QEMU is done (below), not latched here.
+            if let Some(Ok(s)) = parse_summary(&text) {
                 report.boot_to_result = Some(t0.elapsed());
-                summary_text = Some(s);
+                summary_text = Some(Ok(s));
             }
         }
         if let (Some(n), None) = (opts.kill_device_after_peer_bytes, report.device_killed_at) {
@@ -475,6 +476,12 @@ pub fn run(opts: &QemuOptions) -> Result<QemuReport, String> {
     let _ = fs::write(opts.log_dir.join("peer.log"), log + "\n");
     drop(peer);
     let _ = fs::remove_file(&socket);
+    if summary_text.is_none() {
+        let text = fs::read(&console)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        summary_text = parse_summary(&text);
+    }
     match summary_text {
         Some(Ok(s)) => report.summary = Some(s),
         Some(Err(e)) => report.errors.push(e),

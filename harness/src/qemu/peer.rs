@@ -13,6 +13,8 @@
 //! | request | effect |
 //! | --- | --- |
 //! | `LISTEN <port> <4\|6> <seed>` | listen on the peer address, accept one connection, read it until EOF; its writes use the seeded stream `seed` ([`crate::scenario::host::stream_bytes`]) |
+//! | `CONNECT <port> <4\|6> <seed>` | the same, but connect to the guest's address (the guest listens: passive open) |
+//! | `FORGET <port>` | drop the connection (RST if still open) and free the port |
 //! | `WRITE <port> <n>` | write the next `n` bytes of that stream |
 //! | `CLOSE <port>` | FIN after the pending writes |
 //! | `RESET <port>` | abortive close now (SO_LINGER 0: RST) |
@@ -30,7 +32,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chimney_wire::{NetNs, PEER_IPV4, PEER_IPV6};
+use chimney_wire::{NetNs, GUEST_IPV4, GUEST_IPV6, PEER_IPV4, PEER_IPV6};
 use sha2::{Digest, Sha256};
 
 use crate::scenario::host::{hex, stream_bytes};
@@ -55,6 +57,14 @@ type ConnResult = Result<(u64, [u8; 32]), String>;
 struct DataConn {
     cmd: mpsc::Sender<Cmd>,
     done: Option<JoinHandle<ConnResult>>,
+    /// Set by FORGET: a connection still being accepted or made gives up.
+    forgotten: Arc<AtomicBool>,
+}
+
+impl Drop for DataConn {
+    fn drop(&mut self) {
+        self.forgotten.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The running service; stops (and ends its connections) on drop.
@@ -217,32 +227,56 @@ fn handle(
         Ok("OK".into())
     };
     match w.first().copied() {
-        Some("LISTEN") => {
+        Some(verb @ ("LISTEN" | "CONNECT")) => {
             let p = port(1)?;
-            let ip: IpAddr = match w.get(2).copied() {
-                Some("4") => PEER_IPV4.into(),
-                Some("6") => PEER_IPV6.into(),
+            let v6 = match w.get(2).copied() {
+                Some("4") => false,
+                Some("6") => true,
                 other => return Err(format!("family `{}` is not 4 or 6", other.unwrap_or(""))),
             };
             let seed = num(3, "seed")?;
             if conns.contains_key(&p) {
                 return Err(format!("port {p} is already in use"));
             }
-            let l = TcpListener::bind(SocketAddr::new(ip, p))
-                .map_err(|e| format!("bind {ip}:{p}: {e}"))?;
             let (tx, rx) = mpsc::channel();
             let b = bytes.clone();
+            let forgotten = Arc::new(AtomicBool::new(false));
+            let f2 = forgotten.clone();
+            let stream: Box<dyn FnOnce() -> Result<TcpStream, String> + Send> = if verb == "LISTEN"
+            {
+                let ip: IpAddr = if v6 {
+                    PEER_IPV6.into()
+                } else {
+                    PEER_IPV4.into()
+                };
+                let l = TcpListener::bind(SocketAddr::new(ip, p))
+                    .map_err(|e| format!("bind {ip}:{p}: {e}"))?;
+                Box::new(move || accept(&l, &f2))
+            } else {
+                let ip: IpAddr = if v6 {
+                    GUEST_IPV6.into()
+                } else {
+                    GUEST_IPV4.into()
+                };
+                Box::new(move || connect(SocketAddr::new(ip, p), &f2))
+            };
             let done = std::thread::Builder::new()
                 .name(format!("peer-{p}"))
-                .spawn(move || accept(&l).and_then(|s| serve_data(s, rx, seed, &b)))
+                .spawn(move || stream().and_then(|s| serve_data(s, rx, seed, &b)))
                 .map_err(|e| format!("thread: {e}"))?;
             conns.insert(
                 p,
                 DataConn {
                     cmd: tx,
                     done: Some(done),
+                    forgotten,
                 },
             );
+            Ok("OK".into())
+        }
+        Some("FORGET") => {
+            let p = port(1)?;
+            conns.remove(&p);
             Ok("OK".into())
         }
         Some("WRITE") => send(conns, port(1)?, Cmd::Write(num(2, "n")?)),
@@ -283,7 +317,7 @@ fn handle(
     }
 }
 
-fn accept(l: &TcpListener) -> Result<TcpStream, String> {
+fn accept(l: &TcpListener, forgotten: &AtomicBool) -> Result<TcpStream, String> {
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     let limit = Instant::now() + IDLE_LIMIT;
     loop {
@@ -293,12 +327,32 @@ fn accept(l: &TcpListener) -> Result<TcpStream, String> {
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if forgotten.load(Ordering::Relaxed) {
+                    return Err("forgotten before a connection arrived".into());
+                }
                 if Instant::now() > limit {
                     return Err("no connection arrived".into());
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+}
+
+/// Connect to the guest (passive open on its side), retrying while its host stack gets
+/// ready.
+fn connect(to: SocketAddr, forgotten: &AtomicBool) -> Result<TcpStream, String> {
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                if forgotten.load(Ordering::Relaxed) || Instant::now() > limit {
+                    return Err(format!("connect to {to}: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
