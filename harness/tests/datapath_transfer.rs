@@ -9,7 +9,7 @@
 //! Size: `CHIMNEY_DATAPATH_MIB` MiB each way (default 64). Seed: `CHIMNEY_SEED`.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant as StdInstant};
 
 use chimney_abi::data_io::{DataRecord, DataRequest, DataRxKind};
@@ -126,6 +126,11 @@ fn start_peer(
             writer
                 .join()
                 .map_err(|_| std::io::Error::other("writer panicked"))??;
+            // Keep the socket until everything the kernel sent (FIN included) is acknowledged:
+            // closing earlier orphans it, and Linux gives an orphan only tcp_orphan_retries
+            // worth of retransmissions before aborting it silently, which under loss dropped
+            // the end of the peer's data (docs/netstack.md, "orphaned kernel peer").
+            wait_until_acked(&r, Duration::from_secs(300));
             Ok(PeerResult {
                 received,
                 sha: h.finalize().into(),
@@ -136,6 +141,53 @@ fn start_peer(
         .recv_timeout(Duration::from_secs(10))
         .expect("peer listening");
     h
+}
+
+/// Wait until the kernel socket's send queue is empty (`SIOCOUTQ` = unacknowledged + unsent
+/// bytes, FIN included) or `limit` passes.
+fn wait_until_acked(s: &TcpStream, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let end = StdInstant::now() + limit;
+    loop {
+        let mut outq: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+        if rc != 0 || outq == 0 || StdInstant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A helper process stopped when the test ends (also on panic).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Read the control channel until the connection's disconnect indication (C-191) arrives or
+/// 2 s pass; true if it did. Any other event fails the test.
+fn await_disconnect(h: &mut Host, tcp: DeviceHandle) -> bool {
+    let end = StdInstant::now() + Duration::from_secs(2);
+    while StdInstant::now() < end {
+        let p = h.session.platform_arc();
+        h.session.channel.poll(&*p).expect("control poll");
+        if let Some(e) = h.session.channel.next_event() {
+            assert_eq!(e.handle, Some(tcp), "event of another object: {e:?}");
+            assert_eq!(
+                e.code,
+                chimney_abi::event::tcp_event::DISCONNECT,
+                "unexpected event {e:?}"
+            );
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 struct Host {
@@ -234,14 +286,34 @@ fn host(bed: &mut TestBed, seed: u64) -> Host {
 fn transfer_with_terminate_mid_way(v6: bool, loss: Option<f64>) {
     let seed = seed();
     let total = mib() << 20;
-    let args: Vec<String> = match loss {
+    let mut args: Vec<String> = match loss {
         Some(p) => vec![
             "--impair".into(),
             format!("loss={p},reorder={p},reorder-delay-ms=3,seed={seed}"),
         ],
         None => Vec::new(),
     };
+    // CHIMNEY_DATAPATH_PCAP=<dir>: the device's pcap plus a header capture on the kernel's
+    // side of the TAP (what the kernel really received and sent), for stall analysis.
+    let pcap_dir = std::env::var("CHIMNEY_DATAPATH_PCAP").ok();
+    if let Some(dir) = &pcap_dir {
+        args.push("--pcap".into());
+        args.push(format!("{dir}/device-{seed}.pcap"));
+    }
     let mut bed = bed(3, &args);
+    let _kernel_capture = pcap_dir.as_ref().and_then(|dir| {
+        let child = bed
+            .ns
+            .command("tcpdump")
+            .args(["-i", "any", "-s", "128", "-U", "-w"])
+            .arg(format!("{dir}/kernel-{seed}.pcap"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(500));
+        Some(KillOnDrop(child))
+    });
     let mut h = host(&mut bed, seed);
     let peer_ip: IpAddr = if v6 {
         PEER_IPV6.into()
@@ -360,8 +432,13 @@ fn transfer_with_terminate_mid_way(v6: bool, loss: Option<f64>) {
                 }
                 DataRxKind::ReceiveComplete => {
                     posted -= 1;
-                    if r.status == NdisStatus::INVALID_STATE && peer_fin {
-                        // C-164: a buffer posted after the disconnect indication.
+                    if r.status == NdisStatus::INVALID_STATE
+                        && (peer_fin || await_disconnect(&mut h, tcp))
+                    {
+                        // C-164: a buffer posted after the disconnect indication. The event
+                        // travels on the control ring and this completion on the data ring,
+                        // so the completion can be read first: the event must be there too.
+                        peer_fin = true;
                         continue;
                     }
                     assert_eq!(r.status, NdisStatus::SUCCESS, "receive {}", r.request_id);
