@@ -36,7 +36,9 @@ pub struct ControlConfig {
     pub request_slots: usize,
     /// Largest request this driver sends (bytes per staging buffer).
     pub max_request_len: usize,
-    /// Largest completion record the reassembler accepts.
+    /// Largest completion or event record the reassembler accepts. An UPLOAD_DATA event
+    /// carries every unacknowledged send byte of a connection (as much as the peer's window
+    /// allowed in flight plus what the device had queued), so this is far above one MiB.
     pub max_record_len: usize,
 }
 
@@ -47,7 +49,7 @@ impl Default for ControlConfig {
             rx_buffer_len: 4096,
             request_slots: 4,
             max_request_len: 1 << 20,
-            max_record_len: 4 << 20,
+            max_record_len: 64 << 20,
         }
     }
 }

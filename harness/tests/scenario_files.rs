@@ -200,11 +200,24 @@ fn coverage_lists_all_234_items_with_section_totals() {
         c142.contains("host-stack-offload-transfer-v4") && !c142.contains("v4*"),
         "C-142 line: {c142}"
     );
-    let c230 = line_of("C-230");
+    // Pause/upload-all runs now (device policy): verified, not pending.
+    let c129 = line_of("C-129");
     assert!(
-        c230.contains("pause-resume-upload-all*"),
-        "C-230 line: {c230}"
+        c129.contains("pause-resume-upload-all") && !c129.contains("all*"),
+        "C-129 line: {c129}"
     );
+    // A scenario with a step this build cannot run is pending.
+    let pending = scenario::parse(
+        std::path::Path::new("pending.toml"),
+        "summary = \"x\"\nverifies = [\"C-234\"]\n[[step]]\ninject_event = { kind = \"upload_all\" }\n",
+    )
+    .expect("parses");
+    let text2 = report::coverage(&[pending], &checklist::items());
+    let c234 = text2
+        .lines()
+        .find(|l| l.trim_start().starts_with("C-234"))
+        .unwrap_or_default();
+    assert!(c234.contains("pending*"), "C-234 line: {c234}");
     // The bulk scenario verifies C-009; coverage must say so.
     let c009 = text
         .lines()

@@ -1,6 +1,6 @@
-//! Scenarios through the real device (root: namespace, TAP): every library scenario the
-//! harness can run to the end passes (offloaded data included), those with a step it cannot
-//! run are reported unsupported (never passed), and a
+//! Scenarios through the real device (root: namespace, TAP): every library scenario passes
+//! (offloaded data, both receive modes, the loss/reorder matrix included), one with a step
+//! this build cannot run would be reported unsupported (never passed), and a
 //! scenario expecting the wrong status fails with a message a newcomer understands.
 
 use std::path::Path;
@@ -19,37 +19,20 @@ fn opts() -> RunOptions {
     }
 }
 
-#[test]
-fn library_scenarios_pass_and_those_with_unsupported_steps_are_reported_unsupported() {
+/// Run every scenario under `harness/scenarios/<dir>`: each passes, or is reported
+/// unsupported when the file alone says this build cannot run it (never passed).
+fn library_dir_passes(dir: &str) {
     let opts = opts();
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(dir);
     let files = format::discover(&[lib]).expect("library listed");
+    assert!(!files.is_empty(), "no scenarios under {dir}");
     let mut problems = Vec::new();
     for f in &files {
-        // impair/ (offloaded transfers under the device's --impair) is left to the main job
-        // (scripts/run): under loss the device sometimes stalls a transfer for good (it
-        // retransmits with backoff, the peer never answers; see docs/scenarios.md), which
-        // would make this test fail at random until the device is fixed.
-        if f.components().any(|c| c.as_os_str() == "impair") {
-            println!("not run here (scripts/run runs it): {}", f.display());
-            continue;
-        }
         let sc = scenario::load(f).expect("library scenario loads");
-        // Posted receives on offloaded connections sometimes stall in the device/miniport
-        // (all data ACKed by the device, posted buffers never filled; docs/scenarios.md):
-        // also left to scripts/run until that is fixed.
-        if sc
-            .steps
-            .iter()
-            .any(|s| matches!(s, scenario::Step::Receive { .. }))
-        {
-            println!(
-                "not run here (posted-receive stall; scripts/run runs it): {}",
-                f.display()
-            );
-            continue;
-        }
         let r = run_scenario(&sc, &opts);
+        println!("{:?} {} ({:.2?})", r.outcome, r.name, r.duration);
         // Judged from the file alone: a step this build cannot run (e.g. inject_event).
         let want = if scenario::runner::pending_reason(&sc).is_some() {
             Outcome::Unsupported
@@ -58,15 +41,38 @@ fn library_scenarios_pass_and_those_with_unsupported_steps_are_reported_unsuppor
         };
         if r.outcome != want {
             problems.push(format!(
-                "{}: expected {want:?}, seen {:?}\n{}{}",
+                "{}: expected {want:?}, seen {:?}\n{}{}\nreplay: {}",
                 r.name,
                 r.outcome,
                 r.failure_text(),
-                r.unsupported_text().unwrap_or_default()
+                r.unsupported_text().unwrap_or_default(),
+                r.replay
             ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// The whole library, one test per directory (nextest runs them side by side).
+
+#[test]
+fn library_control_scenarios_pass() {
+    library_dir_passes("control");
+}
+
+#[test]
+fn library_host_scenarios_pass() {
+    library_dir_passes("host");
+}
+
+#[test]
+fn library_data_scenarios_pass() {
+    library_dir_passes("data");
+}
+
+#[test]
+fn library_impair_scenarios_pass() {
+    library_dir_passes("impair");
 }
 
 #[test]

@@ -65,6 +65,8 @@ pub struct Returned {
     pub buffered: Vec<u8>,
     /// Status of the receive-return of the BufferedData NBLs (C-175: SUCCESS).
     pub return_status: Option<NdisStatus>,
+    /// Status of each NBL in the returned send chain (C-145/C-154: UPLOAD_IN_PROGRESS).
+    pub send_statuses: Vec<NdisStatus>,
 }
 
 fn block<B>(b: &chimney_abi::Block<B>) -> BlockList {
@@ -419,6 +421,11 @@ impl Link<'_> {
                             send: data(&b.net_buffer_list_chain),
                             buffered: data(&b.buffered_data),
                             return_status: None,
+                            send_statuses: b
+                                .net_buffer_list_chain
+                                .iter()
+                                .map(|n| n.status)
+                                .collect(),
                         };
                         if !b.buffered_data.is_empty() {
                             // Copied: the NBLs go back to the miniport (§3.5.5).
@@ -629,6 +636,49 @@ impl Link<'_> {
         let ids = nbls.iter().map(|n| n.id).collect();
         let st = ndis.send(ctx, nbls).map_err(|e| e.to_string())?;
         Ok((st, ids))
+    }
+
+    /// The send completions of NBLs `ids` in log order (id, status), and whether each came
+    /// before the completion of the disconnect NBL `disconnect_id`.
+    pub fn send_completions_vs_disconnect(
+        &self,
+        ids: &[u64],
+        disconnect_id: u64,
+    ) -> Vec<(u64, NdisStatus, bool)> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Vec::new();
+        };
+        let mut before = true;
+        let mut out = Vec::new();
+        for c in &ndis.model.log {
+            match c {
+                Callback::DisconnectComplete(n) if n.id == disconnect_id => before = false,
+                Callback::SendComplete(v) => {
+                    for n in v.iter().filter(|n| ids.contains(&n.id)) {
+                        out.push((n.id, n.status, before));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Completion statuses of the NBLs `ids` so far.
+    pub fn send_statuses(&self, ids: &[u64]) -> Vec<(u64, NdisStatus)> {
+        let Link::Ndis { ndis, .. } = self else {
+            return Vec::new();
+        };
+        ndis.model
+            .log
+            .iter()
+            .flat_map(|c| match c {
+                Callback::SendComplete(v) => v.as_slice(),
+                _ => &[],
+            })
+            .filter(|n| ids.contains(&n.id))
+            .map(|n| (n.id, n.status))
+            .collect()
     }
 
     /// Bytes of the NBLs `ids` that completed with SUCCESS so far (a prefix, C-140).

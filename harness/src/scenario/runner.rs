@@ -274,6 +274,11 @@ struct World<'a> {
     /// reach the device, so none may complete with SUCCESS (C-142).
     silent: std::collections::HashSet<String>,
     silent_sends: Vec<u64>,
+    /// OFFLOAD_PAUSE or UPLOAD_ALL seen and no OFFLOAD_RESUME since.
+    paused: bool,
+    /// Per offloaded host connection: the sequence number after the last byte handed to
+    /// the miniport (SndUna at offload + every byte sent through it).
+    seq_end: HashMap<String, u32>,
     queue_size: u16,
     seed: u64,
     objs: Vec<Obj>,
@@ -328,6 +333,13 @@ impl World<'_> {
                     if let ObjectState::Neighbor(n) = &mut o.state {
                         n.cached.host_reachability_delta = e.info;
                     }
+                }
+            }
+            if e.class == EventClass::StatusIndication {
+                if e.status == NdisStatus::OFFLOAD_PAUSE || e.status == NdisStatus::UPLOAD_ALL {
+                    self.paused = true;
+                } else if e.status == NdisStatus::OFFLOAD_RESUME {
+                    self.paused = false;
                 }
             }
             self.events.push_back(e);
@@ -1217,11 +1229,114 @@ fn step_terminate(
             if let (true, Some(chimney_abi::DelegatedState::Tcp(d))) =
                 (w.host_offloaded.contains(&w.objs[*i].name), &r.state)
             {
-                let data = returned
+                let mut data = returned
                     .iter()
                     .find(|x| x.block == b)
                     .cloned()
                     .unwrap_or_default();
+                // Sends not waited for: the delegated SndUna says how many of their bytes
+                // are unacknowledged. Those come back either in the returned chain (from
+                // SndUna, in order: C-115) or as sends completed UPLOAD_IN_PROGRESS (C-145),
+                // and the host stack re-sends them from its own copy; SUCCESS only for
+                // acknowledged bytes (C-142).
+                let name = w.objs[*i].name.clone();
+                if let Some((sent, ids)) = w.unwaited.remove(&name) {
+                    let end = w.seq_end.get(&name).copied().unwrap_or(d.snd_una);
+                    let unacked = end.wrapping_sub(d.snd_una) as usize;
+                    let success = w.link.sends_completed(&ids);
+                    let silent: Vec<u64> = ids
+                        .iter()
+                        .copied()
+                        .filter(|id| w.silent_sends.contains(id))
+                        .collect();
+                    let lied = w.link.sends_completed(&silent);
+                    if lied > 0 {
+                        w.monitor.violate(
+                            142,
+                            format!(
+                                "{lied} bytes sent on `{name}` after its peer went silent \
+                                 completed with SUCCESS: no ACK can have reached the device"
+                            ),
+                        );
+                    }
+                    for (id, st) in w.link.send_statuses(&ids) {
+                        if st != NdisStatus::SUCCESS && st != NdisStatus::UPLOAD_IN_PROGRESS {
+                            let item = if w.paused { 154 } else { 145 };
+                            w.monitor.violate(
+                                item,
+                                format!(
+                                    "send NBL {id:#x} of `{name}` completed with {st} during \
+                                     the upload, expected UPLOAD_IN_PROGRESS (or SUCCESS if \
+                                     acknowledged)"
+                                ),
+                            );
+                        }
+                    }
+                    if d.state == TcpConnectionState::Closed {
+                        // The connection ended in the device (timeout, reset): its SndUna is
+                        // not live, nothing is re-sent; a returned chain is still the tail of
+                        // what was sent, in order (C-115).
+                        if !sent.ends_with(&data.send) && mismatch.is_none() {
+                            mismatch = Some(format!(
+                                "terminate of closed `{name}`: the returned chain ({} bytes) is \
+                                 not the tail of the {} bytes sent without waiting [checks C-115]",
+                                data.send.len(),
+                                sent.len()
+                            ));
+                        }
+                    } else if unacked > sent.len() {
+                        if mismatch.is_none() {
+                            mismatch = Some(format!(
+                                "terminate of `{name}`: the returned SndUna leaves {unacked} \
+                                 bytes unacknowledged, more than the {} sent without waiting",
+                                sent.len()
+                            ));
+                        }
+                    } else {
+                        let tail = &sent[sent.len() - unacked..];
+                        if success > sent.len() - unacked {
+                            w.monitor.violate(
+                                142,
+                                format!(
+                                    "{success} bytes of `{name}` completed with SUCCESS, but \
+                                     the returned SndUna says only {} were acknowledged",
+                                    sent.len() - unacked
+                                ),
+                            );
+                        }
+                        if !data.send.is_empty() && data.send != tail && mismatch.is_none() {
+                            mismatch = Some(format!(
+                                "terminate of `{name}`: the returned NetBufferListChain must \
+                                 hold the {} unacknowledged bytes from SndUna in order; seen {} \
+                                 bytes (SHA-256 {} vs {}) [checks C-115]",
+                                tail.len(),
+                                data.send.len(),
+                                super::host::hex(&Sha256::digest(tail)),
+                                super::host::hex(&Sha256::digest(&data.send)),
+                            ));
+                        }
+                        data.send = tail.to_vec();
+                    }
+                }
+                if let Some(st) = data
+                    .send_statuses
+                    .iter()
+                    .find(|s| **s != NdisStatus::UPLOAD_IN_PROGRESS)
+                {
+                    let paused = if w.paused {
+                        " (offloads paused: C-154)"
+                    } else {
+                        ""
+                    };
+                    w.monitor.violate(
+                        145,
+                        format!(
+                            "terminate of `{}` handed back send NBLs with status {st}, expected \
+                             UPLOAD_IN_PROGRESS{paused}",
+                            w.objs[*i].name
+                        ),
+                    );
+                }
                 host_back.push((*i, *d, data));
             }
             // A live connection's delegated state moved on in the device (C-025).
@@ -1557,6 +1672,7 @@ fn step_offload_connection(
     if statuses.get(2) == Some(&NdisStatus::SUCCESS) {
         w.host_offloaded.insert(conn.to_string());
         w.host_conns.insert(conn.to_string());
+        w.seq_end.insert(conn.to_string(), t.delegated.snd_max);
     }
     check_status("offload_connection", expect, overall, items)?;
     if expect.is_none() && statuses.iter().any(|s| *s != NdisStatus::SUCCESS) {
@@ -1584,6 +1700,9 @@ fn step_offloaded_send(w: &mut World<'_>, conn: &str, bytes: u64, items: &[ItemI
     w.next_context += 1;
     let first_id = w.next_context << 16;
     w.offloaded_data_moved = true;
+    if let Some(e) = w.seq_end.get_mut(conn) {
+        *e = e.wrapping_add(n as u32);
+    }
     let (st, done) = w.link.send_data(ctx, &data, first_id)?;
     if st != NdisStatus::PENDING {
         w.monitor.violate(
@@ -1640,6 +1759,9 @@ fn step_offloaded_send_nowait(
     w.next_context += 1;
     let first_id = w.next_context << 16;
     w.offloaded_data_moved = true;
+    if let Some(e) = w.seq_end.get_mut(conn) {
+        *e = e.wrapping_add(n as u32);
+    }
     let (st, ids) = w.link.send_nowait(ctx, &data, first_id)?;
     if st != NdisStatus::PENDING {
         w.monitor.violate(
@@ -1672,7 +1794,8 @@ fn step_offloaded_disconnect(
     let i = w.find(conn)?;
     let ctx = w.objs[i].handle.0;
     w.next_context += 1;
-    let (st, done) = w.link.disconnect(ctx, graceful, w.next_context << 16)?;
+    let disconnect_id = w.next_context << 16;
+    let (st, done) = w.link.disconnect(ctx, graceful, disconnect_id)?;
     if st != NdisStatus::PENDING {
         w.monitor.violate(
             180,
@@ -1691,6 +1814,44 @@ fn step_offloaded_disconnect(
         .ok_or("host stack missing")?
         .finish_offloaded(conn, graceful, peer_sha256)
         .map_err(|e| format!("{e}{}", cite(items)))?;
+    // Sends not waited for complete before the disconnect does: in order with SUCCESS
+    // (graceful, C-185) or REQUEST_ABORTED (abortive, C-182).
+    if let Some((_, ids)) = w.unwaited.remove(conn) {
+        let seen = w.link.send_completions_vs_disconnect(&ids, disconnect_id);
+        let (want, item) = if graceful {
+            (NdisStatus::SUCCESS, 185)
+        } else {
+            (NdisStatus::REQUEST_ABORTED, 182)
+        };
+        let order: Vec<u64> = seen.iter().map(|(id, _, _)| *id).collect();
+        if seen.len() != ids.len() || (graceful && order != ids) {
+            w.monitor.violate(
+                item,
+                format!(
+                    "{} of {} outstanding sends completed by the disconnect completion (ids in \
+                     completion order {order:x?}, posted {ids:x?})",
+                    seen.len(),
+                    ids.len()
+                ),
+            );
+        }
+        for (id, st, before) in seen {
+            if st != want || !before {
+                w.monitor.violate(
+                    item,
+                    format!(
+                        "send NBL {id:#x} completed with {st}{}, expected {want} before the \
+                         disconnect completed",
+                        if before {
+                            ""
+                        } else {
+                            " after the disconnect completion"
+                        }
+                    ),
+                );
+            }
+        }
+    }
     // The connection stays offloaded until the host terminates it (C-190).
     w.host_offloaded.remove(conn);
     w.drain_events()?;
@@ -1941,7 +2102,18 @@ fn resume_host_connections(
         w.host
             .as_mut()
             .ok_or("host stack missing")?
-            .import(&name, &export)?;
+            .import(&name, &export)
+            .map_err(|e| {
+                format!(
+                    "{e} (returned: {} send bytes, {} buffered; delegated SndUna {} SndNxt {} \
+                     SndMax {})",
+                    data.send.len(),
+                    data.buffered.len(),
+                    d.snd_una,
+                    d.snd_nxt,
+                    d.snd_max
+                )
+            })?;
     }
     Ok(())
 }
@@ -2444,6 +2616,8 @@ pub fn run_scenario(sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
         unwaited: HashMap::new(),
         silent: Default::default(),
         silent_sends: Vec::new(),
+        paused: false,
+        seq_end: HashMap::new(),
         data_pair,
         queue_size: opts.queue_size,
         seed,
