@@ -50,6 +50,9 @@ pub struct Called {
     pub events: Vec<Event>,
     /// NDIS only: the handler completed the tree before returning (`async_item` broken).
     pub synchronous: Option<OpKind>,
+    /// NDIS only: blocks whose ProtocolReserved / ImReserved / SourceHandle came back
+    /// changed (C-030).
+    pub host_fields_changed: Vec<String>,
     /// NDIS terminate only: per block, the send data handed back in its
     /// `NetBufferListChain` (unacknowledged, from SndUna, §3.5.4) and the received,
     /// undelivered `BufferedData` (§3.5.5), which the host copied and returned with the
@@ -69,11 +72,23 @@ pub struct Returned {
     pub send_statuses: Vec<NdisStatus>,
 }
 
+/// ProtocolReserved, ImReserved and SourceHandle the host puts in a block (from its
+/// NdisOffloadHandle, so each block's values differ).
+fn host_fields(h: u64) -> ([u64; 2], [u64; 2], u64) {
+    (
+        [h ^ 0x5052_4f54_4f43_4f4c, !h],
+        [h ^ 0x494d_5245_5345_5256, h.rotate_left(17)],
+        h ^ 0x534f_5552_4345,
+    )
+}
+
 fn block<B>(b: &chimney_abi::Block<B>) -> BlockList {
     let mut bl = BlockList::new(b.state_type);
     bl.next_block = b.next.map(|n| n as usize);
     bl.dependent_block_list = b.dependent.map(|n| n as usize);
     bl.ndis_offload_handle = b.host_context;
+    // The host's own fields (C-030: the miniport must leave them alone).
+    (bl.protocol_reserved, bl.im_reserved, bl.source_handle) = host_fields(b.host_context);
     bl
 }
 
@@ -379,6 +394,7 @@ impl Link<'_> {
                     events: evs,
                     synchronous: None,
                     returned: Vec::new(),
+                    host_fields_changed: Vec::new(),
                 })
             }
             Link::Ndis { ndis, cursor } => {
@@ -437,11 +453,32 @@ impl Link<'_> {
                         returned.push(r);
                     }
                 }
+                let host_fields_changed = done
+                    .tree
+                    .blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| {
+                        (b.protocol_reserved, b.im_reserved, b.source_handle)
+                            != host_fields(b.ndis_offload_handle)
+                    })
+                    .map(|(i, b)| {
+                        format!(
+                            "{kind:?} block {i}: ProtocolReserved {:x?} ImReserved {:x?} \
+                             SourceHandle {:#x}, expected {:x?}",
+                            b.protocol_reserved,
+                            b.im_reserved,
+                            b.source_handle,
+                            host_fields(b.ndis_offload_handle)
+                        )
+                    })
+                    .collect();
                 Ok(Called {
                     completion: to_completion(&body, &done.tree),
                     events: evs,
                     synchronous,
                     returned,
+                    host_fields_changed,
                 })
             }
         }

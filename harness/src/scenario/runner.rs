@@ -398,6 +398,12 @@ impl World<'_> {
                 ),
             );
         }
+        for seen in called.host_fields_changed {
+            self.monitor.violate(
+                30,
+                format!("the miniport changed the host's fields of a block list: {seen}"),
+            );
+        }
         // Events that came before the completion are judged before it takes effect.
         self.take_events(called.events);
         for r in &called.returned {
