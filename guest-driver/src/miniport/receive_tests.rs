@@ -154,6 +154,8 @@ fn miniport(h: DeviceHandle) -> (Mp, u64) {
         io: DataIo::default(),
         run_state: RunState::Running,
         violations: HostViolations::default(),
+        answers: Vec::new(),
+        reachability_answers_failed: 0,
         stats: OffloadStats::default(),
         timeout: cfg.timeout,
     };
