@@ -211,9 +211,9 @@ impl Rig {
 
 /// Find the device executable: `$CHIMNEY_DEVICE_BIN`; else next to this executable (a
 /// `cargo build --release -p chimney-device -p chimney-bench` puts both in target/release);
-/// for test binaries (in `deps/`) the harness's finder (test profile, like every harness
-/// test); else, under cargo, build it optimised into our own target directory and take it
-/// from there. A benchmark of an unoptimised device would measure the wrong thing.
+/// a bench binary outside `release/` (tests, debug builds) uses the harness's finder; a
+/// release one under cargo builds the device optimised into its own target directory. A
+/// benchmark of an unoptimised device would measure the wrong thing.
 pub fn device_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CHIMNEY_DEVICE_BIN") {
         return Ok(PathBuf::from(p));
@@ -229,13 +229,14 @@ pub fn device_binary() -> Result<PathBuf> {
     if let Some(p) = sibling() {
         return Ok(p);
     }
-    if exe.parent().is_some_and(|d| d.ends_with("deps")) {
+    let in_release = exe.parent().is_some_and(|d| d.ends_with("release"));
+    if !in_release {
+        // Test binaries and debug builds: the harness's finder, like every harness test.
         return Ok(chimney_harness::device_process::device_binary()?);
     }
     if let Some(cargo) = std::env::var_os("CARGO") {
-        let in_release = exe.parent().is_some_and(|d| d.ends_with("release"));
         let target_dir = exe.parent().and_then(|d| d.parent());
-        if let (true, Some(target_dir)) = (in_release, target_dir) {
+        if let Some(target_dir) = target_dir {
             let st = std::process::Command::new(cargo)
                 .args(["build", "--release", "-p", "chimney-device", "--target-dir"])
                 .arg(target_dir)

@@ -9,7 +9,10 @@ fn quick_control_plane_run_writes_json_that_parses_with_every_item_3_figure() {
     let dir = std::env::temp_dir().join(format!("chimney-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json = dir.join("bench.json");
+    // The device the harness tests use (test profile; built once per process by cargo).
+    let device = chimney_harness::device_process::device_binary().expect("chimney-device");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chimney-bench"))
+        .env("CHIMNEY_DEVICE_BIN", device)
         .args([
             "--quick",
             "--only",
