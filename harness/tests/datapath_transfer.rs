@@ -476,8 +476,10 @@ fn transfer_with_terminate_mid_way(v6: bool, loss: Option<f64>) {
             );
             next_id += 1;
         }
+        // Normally ~10 s; the bound leaves room for a loaded 2-core CI machine and stays below
+        // nextest's 600 s kill, so a real stall fails with its own message.
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(300),
             "offloaded transfer stalled: sent {} received {}",
             h.sent,
             h.received
@@ -585,20 +587,19 @@ fn ipv4_offload_transfer_terminate_mid_way_and_finish_in_host_stack_is_byte_exac
     transfer_with_terminate_mid_way(false, None);
 }
 
-// Kept out of the default run: under loss an offloaded transfer sometimes stalls for good
-// (CI run at 01:41 UTC, seed 1596951962907803919: 6 of 32 MiB arrived; docs/scenarios.md,
-// "Known device problem found by impair/"). Run with `-- --ignored` and CHIMNEY_SEED.
+// Back in the default run (session 2): the CI failure (seed 1596951962907803919) and the other
+// failures of these two tests came from the test's kernel peer closing its socket before its
+// data was acknowledged (an orphan the kernel aborts under loss) and from reading a receive
+// completed INVALID_STATE before the disconnect event of the other ring; both fixed above.
+// 47 of 48 later runs passed; the one failure (an IPv4 run on a loaded machine) is described
+// in /work/notes/netstack-findings.md. Re-run a seed with CHIMNEY_SEED, capture with
+// CHIMNEY_DATAPATH_PCAP=<dir>.
 #[test]
-#[ignore = "known stall under loss (issue 4), see docs/scenarios.md; run with --ignored"]
 fn ipv4_offloaded_transfer_under_5_percent_loss_and_reordering_is_byte_exact() {
     transfer_with_terminate_mid_way(false, Some(0.05));
 }
 
-// Kept out of the default run: under loss an offloaded transfer sometimes stalls for good
-// (CI run at 01:41 UTC, seed 1596951962907803919: 6 of 32 MiB arrived; docs/scenarios.md,
-// "Known device problem found by impair/"). Run with `-- --ignored` and CHIMNEY_SEED.
 #[test]
-#[ignore = "known stall under loss (issue 4), see docs/scenarios.md; run with --ignored"]
 fn ipv6_offloaded_transfer_under_5_percent_loss_and_reordering_is_byte_exact() {
     transfer_with_terminate_mid_way(true, Some(0.05));
 }
