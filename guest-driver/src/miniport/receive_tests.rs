@@ -59,9 +59,12 @@ impl Platform for Mem {
     }
 }
 
-/// The host: refuses every indication (as the scenario runner's NDIS model does).
+/// The host: refuses every indication (as the scenario runner's NDIS model does by
+/// default) and notes the length of each.
 #[derive(Default)]
-struct Host;
+struct Host {
+    indications: Vec<usize>,
+}
 
 type Mp = ChimneyMiniport<Mem, Host>;
 
@@ -97,7 +100,8 @@ fn handlers() -> TcpOffloadEventHandlers<Host> {
     TcpOffloadEventHandlers {
         header: Default::default(),
         event_handler: |_, _, _, _| {},
-        receive_handler: |_, _, _, _, consumed| {
+        receive_handler: |host, _, nbl, _, consumed| {
+            host.indications.push(nbl.data_length());
             *consumed = 0;
             NdisStatus::OFFLOAD_DATA_NOT_ACCEPTED
         },
@@ -210,7 +214,7 @@ fn completed(mp: &mut Mp) -> Vec<(u64, Vec<u8>)> {
 fn data_the_device_puts_into_an_early_completed_posting_fills_the_next_posting_at_once() {
     let h = DeviceHandle(7);
     let (mut mp, ctx) = miniport(h);
-    let mut host = Host;
+    let mut host = Host::default();
     // The host posts A and B (both go to the device) while the device, which had no
     // posting, indicates 100 bytes; the host refuses them.
     let nbl = |id| NetBufferList {
@@ -259,4 +263,53 @@ fn data_the_device_puts_into_an_early_completed_posting_fills_the_next_posting_a
         "no data left waiting, seen {:?}",
         mp.io.leftovers.get(&ctx).map(Vec::len)
     );
+}
+
+#[test]
+fn data_in_an_early_completed_posting_with_nothing_posted_or_held_is_indicated_not_held() {
+    let h = DeviceHandle(7);
+    let (mut mp, ctx) = miniport(h);
+    let mut host = Host::default();
+    let nbl = |id| NetBufferList {
+        id,
+        net_buffers: vec![NetBuffer::with_capacity(1000)],
+        ..Default::default()
+    };
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xA)]),
+        NdisStatus::PENDING
+    );
+    let ids = posted_ids(&mut mp);
+    let first: Vec<u8> = (0..100u8).collect();
+    mp.data_record(
+        &mut host,
+        0,
+        DataRecord {
+            kind: DataRxKind::ReceiveIndicate,
+            flags: chimney_abi::data_io::FLAG_PUSH,
+            handle: Some(h),
+            request_id: 1,
+            status: NdisStatus::SUCCESS,
+            bytes: 100,
+            data: first.clone(),
+        },
+    );
+    assert_eq!(completed(&mut mp), vec![(0xA, first)]);
+    assert_eq!(host.indications, vec![100], "the device's indication");
+    // The device fills A, which it still holds; no posting is left and nothing is held:
+    // this is new data the host must hear about (it was held for good before: a later
+    // indicated receive saw nothing).
+    let last: Vec<u8> = (100..300u32).map(|i| i as u8).collect();
+    mp.data_record(&mut host, 0, complete(h, ids[0], &last));
+    assert_eq!(
+        host.indications,
+        vec![100, 200],
+        "expected the 200 bytes indicated to the host"
+    );
+    // Refused again: held until the next posting, which gets exactly those bytes (C-172).
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xC)]),
+        NdisStatus::PENDING
+    );
+    assert_eq!(completed(&mut mp), vec![(0xC, last)]);
 }
