@@ -283,7 +283,7 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
                 // The model refuses indications (default): the data comes in the postings.
                 Callback::ReceiveIndication { answer, taken, .. } => {
                     assert_eq!(
-                        (*answer, taken.len()),
+                        (answer, taken.len()),
                         (NdisStatus::OFFLOAD_DATA_NOT_ACCEPTED, 0),
                         "the model refuses by default"
                     );
