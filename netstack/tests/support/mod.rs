@@ -140,7 +140,7 @@ impl Drop for Rig {
 }
 
 /// Frames the flight recorder keeps.
-const RECORDER_FRAMES: usize = 20_000;
+const RECORDER_FRAMES: usize = 10_000;
 
 impl Rig {
     /// A fresh namespace + TAP, our engine, impairment seeded from `seed`.
