@@ -711,6 +711,12 @@ fn serve(s: TcpStream, cmds: mpsc::Receiver<PeerCmd>, seed: u64) -> PeerResult {
             }
         }
         if eof && written {
+            // Closing now would orphan whatever the host has not acknowledged yet, and under
+            // loss Linux gives up on an orphan after tcp_orphan_retries and resets it, so the
+            // data never arrives (docs: /work/notes/netstack-findings.md). Wait until the send
+            // queue (data and our FIN) is acknowledged; bounded below STEP_LIMIT so the host's
+            // close step still reports.
+            wait_until_acked(&s, PEER_ACK_LIMIT);
             return Ok((n, h.finalize().into()));
         }
         if progress {
@@ -720,6 +726,30 @@ fn serve(s: TcpStream, cmds: mpsc::Receiver<PeerCmd>, seed: u64) -> PeerResult {
         } else {
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+}
+
+/// Longest the peer waits at the end for its sent bytes to be acknowledged (below
+/// [`STEP_LIMIT`], which the host's close step waits at most).
+const PEER_ACK_LIMIT: Duration = Duration::from_secs(30);
+
+/// Wait until the kernel socket's send queue is empty (`SIOCOUTQ`/`TIOCOUTQ` = unacknowledged
+/// plus unsent bytes, FIN included) or `limit` passes.
+fn wait_until_acked(s: &TcpStream, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let mut outq: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+        if rc != 0 || outq == 0 {
+            return;
+        }
+        if std::time::Instant::now() >= end {
+            tracing::warn!(unacked = outq, "peer closes with bytes still unacknowledged");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
