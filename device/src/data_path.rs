@@ -55,6 +55,28 @@ pub enum DataPathError {
     UnknownHandle,
 }
 
+/// What a terminate took out of the data path.
+#[derive(Debug)]
+pub enum Terminated {
+    /// A live connection: its export and the data that travels back (C-111, C-115..C-117).
+    Live(Box<ConnectionExport>, TcpData),
+    /// A connection the engine had already closed (retransmit/keepalive/FIN_WAIT_2 timeout,
+    /// reset): nothing to export, but its last delegated state (State CLOSED, the live
+    /// SndUna/SndMax/RcvNxt of its last moment) is what the host gets back, not the state
+    /// from offload time. `None` only if the engine never showed a TCB (not expected).
+    Closed(Option<chimney_netstack::TcpDelegated>),
+}
+
+impl Terminated {
+    /// The export of a live connection, `None` for a closed one.
+    pub fn live(self) -> Option<(ConnectionExport, TcpData)> {
+        match self {
+            Terminated::Live(e, d) => Some((*e, d)),
+            Terminated::Closed(_) => None,
+        }
+    }
+}
+
 struct PendingSend {
     request_id: u64,
     /// Cumulative byte offset (since offload) at which this request's data ends.
@@ -105,6 +127,9 @@ struct Conn {
     retrans_seen: u64,
     /// State after the last step (ResetEstablished needs the state before the RST).
     last_state: TcpConnectionState,
+    /// Delegated state taken when the engine closed the connection (timeout, reset), kept
+    /// for terminate in case the engine releases it.
+    closed_state: Option<chimney_netstack::TcpDelegated>,
     /// `acked + received` at the last step (forward progress, bytes moved).
     moved_seen: u64,
     /// Last TcpIndicateSendBacklogChange value and when it went out (C-155).
@@ -520,6 +545,7 @@ impl DataPath {
             vlan_id,
             retrans_seen: 0,
             last_state: export.tcp.delegated.state,
+            closed_state: None,
             moved_seen: 0,
             backlog_indicated: None,
             backlog_at: None,
@@ -896,14 +922,14 @@ impl DataPath {
 
     /// Terminate: pending delayed ACK goes out (through `wire`), then the live state is
     /// exported with its unacknowledged send data and undelivered receive data; outstanding
-    /// sends and posted receives complete with UPLOAD_IN_PROGRESS (C-145, C-164). Returns
-    /// `None` for a connection that can no longer be exported (closed, reset) — the table's
-    /// state then stands, with State CLOSED.
+    /// sends and posted receives complete with UPLOAD_IN_PROGRESS (C-145, C-164). A
+    /// connection that can no longer be exported (closed by a timeout or reset) gives its
+    /// last delegated state instead ([`Terminated::Closed`], C-111).
     pub fn terminate(
         &mut self,
         now: Instant,
         h: DeviceHandle,
-    ) -> Result<Option<(ConnectionExport, TcpData)>, DataPathError> {
+    ) -> Result<Terminated, DataPathError> {
         // Completions the policy still holds go out before anything of the terminate.
         self.release_held(now, Some(h));
         let Some(mut c) = self.conns.remove(&h) else {
@@ -959,6 +985,14 @@ impl DataPath {
             }
         }
         *out = kept;
+        // Closed connections: the engine still holds the closed TCB (its last state), or
+        // the snapshot taken when it closed.
+        let last = c
+            .engine
+            .tcb(c.ch)
+            .ok()
+            .map(|t| t.export(c.engine.clock().tick(now)).delegated)
+            .or(c.closed_state.take());
         let result = match c.engine.export(now, c.ch) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -1012,7 +1046,11 @@ impl DataPath {
             });
         }
         let Some(mut e) = result else {
-            return Ok(None);
+            let last = last.map(|mut d| {
+                d.state = TcpConnectionState::Closed;
+                d
+            });
+            return Ok(Terminated::Closed(last));
         };
         buffered.extend_from_slice(&e.tcp.buffered_data);
         e.tcp.buffered_data = buffered.clone();
@@ -1023,7 +1061,7 @@ impl DataPath {
             send: e.tcp.send_data.clone(),
             buffered,
         };
-        Ok(Some((e, data)))
+        Ok(Terminated::Live(Box::new(e), data))
     }
 
     /// Stop (true) or allow (false) transmission of `h`: an invalidated neighbor or path
@@ -1072,7 +1110,15 @@ impl Conn {
             }
             self.unsent.drain(..n);
         }
-        if self.unsent.is_empty() && self.disconnect.is_some() {
+        // A closed connection is not closed again: the engine would release it and its
+        // last state (returned at terminate) with it.
+        if self.unsent.is_empty()
+            && self.disconnect.is_some()
+            && !matches!(
+                self.engine.state(self.ch),
+                Ok(TcpConnectionState::Closed) | Err(_)
+            )
+        {
             let _ = self.engine.close(self.ch);
         }
     }
@@ -1119,6 +1165,15 @@ impl Conn {
             data,
         };
         while let Some(e) = self.engine.poll_event() {
+            if matches!(
+                e,
+                NsEvent::TimedOut(_) | NsEvent::Reset(_) | NsEvent::Closed(_)
+            ) && self.closed_state.is_none()
+            {
+                if let Ok(t) = self.engine.tcb(self.ch) {
+                    self.closed_state = Some(t.export(self.engine.clock().tick(now)).delegated);
+                }
+            }
             match e {
                 NsEvent::PeerClosed(_) => self.peer_fin = true,
                 NsEvent::Reset(_) if !self.aborted => {

@@ -4,7 +4,7 @@
 //! UPLOAD_DATA event before the completion (ring-abi.md §16.4).
 
 use crate::conversion;
-use crate::data_path::{now, DataPath};
+use crate::data_path::{now, DataPath, Terminated};
 use crate::state_manipulation::ObjectTable;
 use chimney_abi::event::tcp_event;
 use chimney_abi::{
@@ -15,7 +15,8 @@ use std::convert::Infallible;
 
 /// After a successful `ObjectTable::initiate`: import every new TCP object. A connection the
 /// engine refuses (bad state, data shorter than SndMax − SndUna, C-054) is removed again and
-/// its block fails with FAILURE.
+/// its block fails with FAILURE; the statuses above it are settled again, so its path reads
+/// PARTIAL_SUCCESS (C-042).
 pub fn after_initiate(
     table: &mut ObjectTable,
     dp: &mut DataPath,
@@ -65,6 +66,7 @@ pub fn after_initiate(
             dp.attach_neighbor(h, nh, nctx, n, now);
         }
     }
+    ObjectTable::settle_statuses(tree, results);
     refresh_blocking(table, dp);
 }
 
@@ -150,7 +152,7 @@ pub fn before_terminate(
         }
         let ctx = table.tcp(h).map_or(0, |t| t.host_context());
         match dp.terminate(now, h) {
-            Ok(Some((export, data))) => {
+            Ok(Terminated::Live(export, data)) => {
                 let d = conversion::tcp_delegated_from_ns(&export.tcp.delegated, 0, 0);
                 states.push((h, d));
                 if !data.send.is_empty() || !data.buffered.is_empty() {
@@ -159,10 +161,14 @@ pub fn before_terminate(
                     events.push(e);
                 }
             }
-            Ok(None) => {
-                // Closed or reset: nothing live to export; the state reads CLOSED.
-                if let Some(t) = table.tcp(h) {
-                    let mut d = *t.delegated();
+            Ok(Terminated::Closed(last)) => {
+                // Closed by a timeout or reset: the engine's last state (live SndUna, …),
+                // not the one from offload time (C-111); State reads CLOSED.
+                let d = match last {
+                    Some(ns) => Some(conversion::tcp_delegated_from_ns(&ns, 0, 0)),
+                    None => table.tcp(h).map(|t| *t.delegated()),
+                };
+                if let Some(mut d) = d {
                     d.state = chimney_abi::TcpConnectionState::Closed;
                     states.push((h, d));
                 }

@@ -276,6 +276,7 @@ fn offload_with_unacked_send_and_buffered_receive_data_then_terminate_mid_transf
         .dp
         .terminate(rig.now, H)
         .unwrap()
+        .live()
         .expect("live connection");
     for r in rig.dp.take_records(0).unwrap().drain(..) {
         match r.kind {
@@ -748,4 +749,180 @@ fn initiate_after_policy_pause_is_still_accepted_c231() {
         "both initiates succeed, the second after the pause"
     );
     assert_eq!(dp.lock().unwrap().len(), 2, "both connections run");
+}
+
+/// Offload `export` (with `data` as the initiate trailer of its TCP block) through the object
+/// table and the glue, as the control ring does: neighbor → path → TCP. Returns the table and
+/// the block results.
+fn initiate_through_glue(
+    rig: &mut Rig,
+    export: &chimney_netstack::ConnectionExport,
+    send: Vec<u8>,
+) -> (
+    chimney_device::state_manipulation::ObjectTable,
+    Vec<chimney_abi::BlockResult<std::convert::Infallible>>,
+) {
+    use chimney_abi::tree::TreeBuilder;
+    use chimney_abi::ObjectState;
+    let (mut n, p, t, data) = conversion::from_export(export);
+    // The interface MAC, not a configured one (the device has none: C-046).
+    n.konst.dl_source_address = [0; 32];
+    let mut b = TreeBuilder::new_object(1, ObjectState::Neighbor(n));
+    let path = b.new_dependent(0, 2, ObjectState::Path(p));
+    let tcp = b.new_dependent(path, 3, ObjectState::Tcp(t));
+    let tree = b.build();
+    let trailer = vec![chimney_abi::TcpData {
+        block: tcp,
+        send,
+        buffered: data.buffered,
+    }];
+    let mut table = chimney_device::state_manipulation::ObjectTable::new(Default::default());
+    let mut results = table.initiate(&tree).expect("tree accepted");
+    chimney_device::offload_glue::after_initiate(
+        &mut table,
+        &mut rig.dp,
+        &tree,
+        &trailer,
+        &mut results,
+    );
+    (table, results)
+}
+
+/// A connection with bytes in flight (SndMax > SndUna) exported from the host engine.
+fn export_with_data_in_flight(rig: &mut Rig) -> chimney_netstack::ConnectionExport {
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let _pc = accept(rig);
+    rig.host.send(hc, &pattern(5, 20_000)).unwrap();
+    // The frames leave the host but never reach the peer: unacknowledged.
+    while rig.host.poll_transmit(rig.now).is_some() {}
+    let export = rig.host.export(rig.now, hc).unwrap();
+    assert_ne!(
+        export.tcp.delegated.snd_una, export.tcp.delegated.snd_max,
+        "expected data in flight at offload"
+    );
+    export
+}
+
+#[test]
+fn engine_refusing_a_connection_makes_its_path_partial_success_c042() {
+    let mut rig = Rig::new();
+    let export = export_with_data_in_flight(&mut rig);
+    // C-054: SndMax − SndUna bytes in flight but no send data → the engine refuses the TCP
+    // block; the path's own state offloaded, its only dependent failed → PARTIAL_SUCCESS.
+    let (table, r) = initiate_through_glue(&mut rig, &export, Vec::new());
+    let seen: Vec<NdisStatus> = r.iter().map(|b| b.status).collect();
+    assert_eq!(
+        seen,
+        vec![
+            NdisStatus::SUCCESS,
+            NdisStatus::OFFLOAD_PARTIAL_SUCCESS,
+            NdisStatus::FAILURE
+        ],
+        "neighbor, path, tcp statuses: expected left, seen right"
+    );
+    assert!(r[2].handle.is_none(), "refused TCP block got a handle");
+    assert!(r[1].handle.is_some(), "offloaded path lost its handle");
+    assert_eq!(
+        table.tcp_handles().len(),
+        0,
+        "refused TCP object left in the table"
+    );
+    assert!(
+        rig.dp.is_empty(),
+        "refused connection left in the data path"
+    );
+}
+
+#[test]
+fn terminate_after_retransmit_timeout_returns_the_last_live_state_not_the_offload_state() {
+    use chimney_abi::{TcpConnectionState, TerminateBlock};
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let pc = accept(&mut rig);
+    let export = rig.host.export(rig.now, hc).unwrap();
+    let offload_una = export.tcp.delegated.snd_una;
+    let (table, r) = initiate_through_glue(&mut rig, &export, export.tcp.send_data.clone());
+    let h = r[2].handle.expect("tcp offloaded");
+    // 100 000 bytes go through and are acknowledged: SndUna moves on.
+    let data = pattern(9, 100_000);
+    rig.dp.data_request(
+        rig.now,
+        DataRequest::Send {
+            handle: h,
+            request_id: 1,
+            data: data.clone(),
+        },
+    );
+    let mut got = Vec::new();
+    for _ in 0..2000 {
+        rig.pump(1);
+        drain(&mut rig.peer, pc, &mut got);
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(got, data, "peer did not receive the 100 000 bytes");
+    rig.pump(50);
+    let live_una = export.tcp.delegated.snd_una.wrapping_add(100_000);
+    // The peer vanishes: more data is retransmitted until the engine gives up.
+    rig.dp.data_request(
+        rig.now,
+        DataRequest::Send {
+            handle: h,
+            request_id: 2,
+            data: pattern(10, 5_000),
+        },
+    );
+    let mut timed_out = false;
+    for _ in 0..10_000 {
+        rig.dp.flush(rig.now);
+        rig.to_peer.lock().unwrap().clear();
+        rig.events.extend(rig.dp.take_events());
+        if rig.events.iter().any(|e| {
+            e.code == chimney_abi::event::tcp_event::RETRIEVE
+                && e.info == chimney_abi::event::upload_reason::TIMEOUT_EXPIRATION
+        }) {
+            timed_out = true;
+            break;
+        }
+        let Some(t) = rig.dp.poll_timeout() else {
+            break;
+        };
+        rig.now = rig.now.max(t);
+        rig.dp.handle_timeout(rig.now);
+    }
+    assert!(timed_out, "no RETRIEVE(TIMEOUT_EXPIRATION) event");
+    let tree = chimney_abi::tree::TreeBuilder::new(
+        chimney_abi::OffloadStateType::Tcp,
+        0,
+        TerminateBlock::Object {
+            handle: h,
+            return_delegated: true,
+        },
+    )
+    .build();
+    let (states, _) = chimney_device::offload_glue::before_terminate(&table, &mut rig.dp, &tree);
+    let Some((_, d)) = states.iter().find(|(x, _)| *x == h) else {
+        panic!("no state returned for the closed connection");
+    };
+    assert_eq!(d.state, TcpConnectionState::Closed);
+    assert_ne!(live_una, offload_una, "test needs SndUna to move");
+    assert_eq!(
+        d.snd_una, live_una,
+        "SndUna: expected the live value {live_una}, seen {} (offload time: {offload_una})",
+        d.snd_una
+    );
+    let in_flight = d.snd_max.wrapping_sub(live_una);
+    assert!(
+        (1..=5_000).contains(&in_flight),
+        "SndMax − SndUna: expected 1..=5000 unacknowledged bytes, seen {in_flight}"
+    );
 }

@@ -85,16 +85,44 @@ impl ObjectTable {
             }
         }
 
-        // Statuses bottom-up: dependents come after their parent in traversal order.
-        let mut fin = vec![NdisStatus::FAILURE; n];
-        for &i in order.iter().rev() {
+        let mut results: Vec<BlockResult<Infallible>> = tree
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BlockResult {
+                state_type: b.state_type,
+                // A new block's own status; settle_statuses adds the dependents' part.
+                status: own[i].unwrap_or(NdisStatus::FAILURE),
+                handle: match b.body {
+                    InitiateBlock::New(_) => object[i],
+                    _ => None,
+                },
+                state: None,
+            })
+            .collect();
+        Self::settle_statuses(tree, &mut results);
+        Ok(results)
+    }
+
+    /// Block statuses bottom-up from which blocks got an object (C-038, C-042): a new block
+    /// with a handle offloaded its own state, so it is SUCCESS or, if some immediately
+    /// dependent block failed, PARTIAL_SUCCESS; a new block without one keeps its failure
+    /// code. Called again after the data path refused connections the table had accepted
+    /// (offload_glue::after_initiate), so their parents stop reporting SUCCESS.
+    pub fn settle_statuses(tree: &Tree<InitiateBlock>, results: &mut [BlockResult<Infallible>]) {
+        // Dependents come after their parent in traversal order.
+        for &i in tree.traversal_order().iter().rev() {
             let deps = tree.dependents(i);
-            let failed = deps
-                .iter()
-                .filter(|d| !offloaded(fin[**d as usize]))
-                .count();
-            let i = i as usize;
-            fin[i] = match &tree.blocks[i].body {
+            let status = |d: &u32| {
+                results
+                    .get(*d as usize)
+                    .map_or(NdisStatus::FAILURE, |r| r.status)
+            };
+            let failed = deps.iter().filter(|d| !offloaded(status(d))).count();
+            let Some(r) = results.get_mut(i as usize) else {
+                continue;
+            };
+            r.status = match &tree.blocks[i as usize].body {
                 InitiateBlock::Placeholder => NdisStatus::SUCCESS,
                 InitiateBlock::Linker(_) => {
                     if failed == 0 {
@@ -105,28 +133,14 @@ impl ObjectTable {
                         NdisStatus::OFFLOAD_PARTIAL_SUCCESS
                     }
                 }
-                InitiateBlock::New(_) => match own[i] {
-                    None => NdisStatus::FAILURE,
-                    Some(s) if s != NdisStatus::SUCCESS => s,
+                InitiateBlock::New(_) => match r.handle {
+                    None if offloaded(r.status) => NdisStatus::FAILURE,
+                    None => r.status,
                     Some(_) if failed > 0 => NdisStatus::OFFLOAD_PARTIAL_SUCCESS,
                     Some(_) => NdisStatus::SUCCESS,
                 },
             };
         }
-        Ok(tree
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| BlockResult {
-                state_type: b.state_type,
-                status: fin[i],
-                handle: match b.body {
-                    InitiateBlock::New(_) => object[i],
-                    _ => None,
-                },
-                state: None,
-            })
-            .collect())
     }
 
     /// Offload one object under `parent` (the object of the block whose dependent list it
