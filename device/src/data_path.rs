@@ -34,6 +34,16 @@ use std::net::{IpAddr, SocketAddr};
 /// Indicated but not yet returned bytes per connection above which the device stops reading
 /// from the connection's receive buffer (the window then closes: real back-pressure).
 pub const MAX_OUTSTANDING_INDICATED: usize = 1 << 20;
+/// Send data one connection may hold (unacknowledged + not yet sent, initiate send data
+/// included): 32 MiB, twice the largest preferred send backlog the device indicates (16 MiB,
+/// C-155), so a host that follows SendBacklogSize never reaches it. It bounds what comes
+/// back at terminate in one UPLOAD_DATA record (the driver caps control records at 64 MiB;
+/// ring-abi.md §16.5). A SEND that would go beyond it completes with RESOURCES, and so does
+/// every later SEND of the connection: the stream has a hole, the host must upload it.
+pub const MAX_SEND_HELD: u64 = 32 << 20;
+/// Buffered receive data accepted at initiate (its receive buffer is sized from it): 8 MiB.
+/// More fails the TCP block with OFFLOAD_TCP_RCV_BUFFER (C-044).
+pub const MAX_BUFFERED_IMPORT: usize = 8 << 20;
 /// Default indication size when the host's RcvIndicationSize is 0 ("as much as possible").
 const DEFAULT_INDICATION: usize = 256 << 10;
 
@@ -53,6 +63,21 @@ pub enum DataPathError {
     TupleInUse,
     #[error("unknown TCP handle")]
     UnknownHandle,
+    #[error("send data of {0} bytes is more than the device holds ({MAX_SEND_HELD})")]
+    SendDataTooLarge(usize),
+    #[error("buffered data of {0} bytes is more than the device takes ({MAX_BUFFERED_IMPORT})")]
+    BufferedDataTooLarge(usize),
+}
+
+impl DataPathError {
+    /// The initiate block status for a connection refused with this error (C-044).
+    pub fn initiate_status(&self) -> NdisStatus {
+        match self {
+            DataPathError::SendDataTooLarge(_) => NdisStatus::OFFLOAD_TCP_XMIT_BUFFER,
+            DataPathError::BufferedDataTooLarge(_) => NdisStatus::OFFLOAD_TCP_RCV_BUFFER,
+            _ => NdisStatus::FAILURE,
+        }
+    }
 }
 
 /// What a terminate took out of the data path.
@@ -127,6 +152,8 @@ struct Conn {
     retrans_seen: u64,
     /// State after the last step (ResetEstablished needs the state before the RST).
     last_state: TcpConnectionState,
+    /// A SEND went beyond MAX_SEND_HELD: this and every later SEND complete RESOURCES.
+    send_refused: bool,
     /// Delegated state taken when the engine closed the connection (timeout, reset), kept
     /// for terminate in case the engine releases it.
     closed_state: Option<chimney_netstack::TcpDelegated>,
@@ -476,6 +503,14 @@ impl DataPath {
         if self.by_key.contains_key(&key) {
             return Err(DataPathError::TupleInUse);
         }
+        if export.tcp.send_data.len() as u64 > MAX_SEND_HELD {
+            return Err(DataPathError::SendDataTooLarge(export.tcp.send_data.len()));
+        }
+        if export.tcp.buffered_data.len() > MAX_BUFFERED_IMPORT {
+            return Err(DataPathError::BufferedDataTooLarge(
+                export.tcp.buffered_data.len(),
+            ));
+        }
         let src = &export.neighbor.const_.dl_source_address;
         let mut mac = self.mac;
         if src[..6] != [0; 6] {
@@ -546,6 +581,7 @@ impl DataPath {
             retrans_seen: 0,
             last_state: export.tcp.delegated.state,
             closed_state: None,
+            send_refused: false,
             moved_seen: 0,
             backlog_indicated: None,
             backlog_at: None,
@@ -662,6 +698,8 @@ impl DataPath {
             DataRequest::Send {
                 request_id, data, ..
             } => {
+                c.account_acks();
+                let held = c.queued - c.acked;
                 if let Some(st) = self.policy.send(h, data.len()) {
                     out.push_back(complete(DataRxKind::SendComplete, request_id, st, 0));
                 } else if self.policy.send_complete_before_ack() {
@@ -689,6 +727,17 @@ impl DataPath {
                         DataRxKind::SendComplete,
                         request_id,
                         NdisStatus::INVALID_STATE,
+                        0,
+                    ));
+                } else if c.send_refused || held + data.len() as u64 > MAX_SEND_HELD {
+                    // The cap on held send data (MAX_SEND_HELD, ring-abi.md §16.5); sticky,
+                    // so no later byte goes out after the refused ones (C-140, C-144).
+                    c.send_refused = true;
+                    tracing::info!(handle = h.0, held, len = data.len(), "send refused: cap");
+                    out.push_back(complete(
+                        DataRxKind::SendComplete,
+                        request_id,
+                        NdisStatus::RESOURCES,
                         0,
                     ));
                 } else {

@@ -49,7 +49,7 @@ pub fn after_initiate(
         if let Err(e) = dp.offload(h, ctx, &export, now) {
             tracing::info!(handle = h.0, error = %e, "initiate: engine refused the connection");
             table.remove_tcp(h);
-            r.status = NdisStatus::FAILURE;
+            r.status = e.initiate_status();
             r.handle = None;
             continue;
         }

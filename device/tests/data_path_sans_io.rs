@@ -926,3 +926,89 @@ fn terminate_after_retransmit_timeout_returns_the_last_live_state_not_the_offloa
         "SndMax − SndUna: expected 1..=5000 unacknowledged bytes, seen {in_flight}"
     );
 }
+
+#[test]
+fn sends_beyond_the_held_send_data_cap_complete_resources_and_terminate_stays_under_64_mib() {
+    use chimney_device::data_path::MAX_SEND_HELD;
+    let mut rig = Rig::new();
+    let _pc = offloaded_with_policy(&mut rig, "");
+    rig.pump(5);
+    rig.dp.take_records(0).unwrap().clear();
+    // No frame reaches the peer from here on: nothing is acknowledged, everything is held.
+    let chunk = 1usize << 20;
+    let fits = (MAX_SEND_HELD as usize) / chunk;
+    for i in 0..fits as u64 + 2 {
+        // The last one is small: it would fit, but the stream already has a hole.
+        let len = if i == fits as u64 + 1 { 100 } else { chunk };
+        rig.dp.data_request(
+            rig.now,
+            DataRequest::Send {
+                handle: H,
+                request_id: i,
+                data: pattern(i, len),
+            },
+        );
+        rig.to_peer.lock().unwrap().clear();
+    }
+    let refused: Vec<(u64, NdisStatus)> = rig
+        .dp
+        .take_records(0)
+        .unwrap()
+        .drain(..)
+        .filter(|r| r.kind == DataRxKind::SendComplete)
+        .map(|r| (r.request_id, r.status))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            (fits as u64, NdisStatus::RESOURCES),
+            (fits as u64 + 1, NdisStatus::RESOURCES)
+        ],
+        "send completions before terminate: expected left, seen right"
+    );
+    let (_, data) = rig
+        .dp
+        .terminate(rig.now, H)
+        .unwrap()
+        .live()
+        .expect("live connection");
+    assert_eq!(
+        data.send.len() as u64,
+        MAX_SEND_HELD,
+        "returned send data: expected exactly the cap"
+    );
+    let payload = chimney_abi::data_io::emit_upload_data(&data);
+    assert!(
+        payload.len() < 64 << 20,
+        "UPLOAD_DATA payload {} bytes, driver limit 64 MiB",
+        payload.len()
+    );
+}
+
+#[test]
+fn initiate_with_send_data_beyond_the_cap_fails_the_tcp_block_xmit_buffer_c044() {
+    let mut rig = Rig::new();
+    let hc = rig
+        .host
+        .connect(rig.now, SocketAddr::new(PEER_IP.into(), PORT), None)
+        .unwrap();
+    rig.pump(20);
+    let _pc = accept(&mut rig);
+    let export = rig.host.export(rig.now, hc).unwrap();
+    let too_much = vec![7u8; (chimney_device::data_path::MAX_SEND_HELD + 1) as usize];
+    let (_, r) = initiate_through_glue(&mut rig, &export, too_much);
+    let seen: Vec<NdisStatus> = r.iter().map(|b| b.status).collect();
+    assert_eq!(
+        seen,
+        vec![
+            NdisStatus::SUCCESS,
+            NdisStatus::OFFLOAD_PARTIAL_SUCCESS,
+            NdisStatus::OFFLOAD_TCP_XMIT_BUFFER
+        ],
+        "neighbor, path, tcp statuses: expected left, seen right"
+    );
+    assert!(
+        rig.dp.is_empty(),
+        "refused connection left in the data path"
+    );
+}
