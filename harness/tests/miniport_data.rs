@@ -4,6 +4,7 @@
 //! through the miniport's TCP handler table and the data rings, byte-exact by SHA-256 at
 //! both ends, and the connection is terminated again.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -13,9 +14,11 @@ use chimney_abi::{NdisStatus, ObjectState, OffloadParameters, QueriedState};
 use chimney_harness::ndis::{Callback, Ndis};
 use chimney_harness::{TestBed, TestBedConfig, VmmConfig, VmmPlatform};
 use chimney_miniport::data::DataConfig;
-use chimney_miniport::miniport::OpKind;
+use chimney_miniport::miniport::{OpKind, IP_OFFLOAD_STATS_LEN, TCP_OFFLOAD_STATS_LEN};
 use chimney_miniport::ndis::blocklist::{BlockList, BlockTree};
+use chimney_miniport::ndis::chars::OidRequest;
 use chimney_miniport::ndis::nbl::{NetBuffer, NetBufferList};
+use chimney_miniport::ndis::oid;
 use chimney_miniport::NicQueues;
 use chimney_netstack::{Engine, EngineConfig, Event as NetEvent, Instant};
 use chimney_wire::{GUEST_IPV4, GUEST_IPV6, PEER_IPV4};
@@ -97,6 +100,60 @@ fn run_dpc_until(ndis: &mut Ndis, what: &str, mut done: impl FnMut(&Ndis) -> boo
             .poll_device(&mut ndis.model, Duration::from_millis(50))
             .unwrap_or_else(|e| panic!("{what}: DPC: {e}"));
     }
+}
+
+/// One statistics OID's answer (C-019), read through the miniport from the device.
+fn query_stats(ndis: &mut Ndis, o: u32, len: usize) -> Vec<u8> {
+    let r = ndis.oid(&OidRequest::Query {
+        oid: o,
+        buffer_length: len,
+    });
+    assert_eq!(
+        (r.status, r.data.len()),
+        (NdisStatus::SUCCESS, len),
+        "query of statistics OID {o:#x}"
+    );
+    r.data
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
+}
+
+/// The kernel's IPv4 and TCP MIB counters in the test's namespace (/proc/net/snmp and
+/// netstat): what the Linux peer sent is exactly the offloaded connection's input.
+fn kernel_counters(bed: &TestBed) -> HashMap<String, u64> {
+    let read = |f: &'static str| {
+        bed.ns
+            .run(move || std::fs::read_to_string(format!("/proc/thread-self/net/{f}")))
+            .expect("netns")
+            .expect("read counters")
+    };
+    let mut out = HashMap::new();
+    for text in [read("snmp"), read("netstat")] {
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let mut n = names.split_whitespace();
+            let mut v = values.split_whitespace();
+            let prefix = n.next().unwrap_or("").trim_end_matches(':').to_string();
+            v.next();
+            for (name, value) in n.zip(v) {
+                if let Ok(x) = value.parse::<u64>() {
+                    out.insert(format!("{prefix}.{name}"), x);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn delta(a: &HashMap<String, u64>, b: &HashMap<String, u64>, k: &str) -> u64 {
+    b.get(k).copied().unwrap_or(0) - a.get(k).copied().unwrap_or(0)
 }
 
 #[test]
@@ -210,6 +267,14 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
         NetBufferList::with_data(11, &to_peer[..third]),
         NetBufferList::with_data(12, &to_peer[third..INITIAL]),
     ];
+    // Statistics start from zero (C-019: an OID set resets the family in the device) and
+    // from the kernel's numbers now: nothing is offloaded yet, so nothing counted since.
+    let r = ndis.oid(&OidRequest::Set {
+        oid: oid::TCP4_OFFLOAD_STATS,
+        buffer: Vec::new(),
+    });
+    assert_eq!(r.status, NdisStatus::SUCCESS, "statistics reset by OID set");
+    let k0 = kernel_counters(&bed);
     let done = ndis
         .call(OpKind::Initiate, BlockTree { blocks })
         .expect("initiate");
@@ -308,6 +373,110 @@ fn offloaded_connection_sends_receives_and_closes_through_the_tcp_handlers() {
         Sha256::digest(&received),
         Sha256::digest(&from_peer),
         "received data differs from what the peer sent (seed {seed})"
+    );
+
+    // Statistics OIDs (C-018, C-019) answered by the device's counters. Input: every
+    // segment the kernel sent since the offload; wait until the last ACK/window update
+    // has been counted too (bounded; the assertions below say what differs).
+    let tcp_in = |ndis: &mut Ndis| {
+        u64_at(
+            &query_stats(ndis, oid::TCP4_OFFLOAD_STATS, TCP_OFFLOAD_STATS_LEN),
+            0,
+        )
+    };
+    let mut k1 = kernel_counters(&bed);
+    let settle = std::time::Instant::now() + Duration::from_secs(10);
+    while tcp_in(&mut ndis) != delta(&k0, &k1, "Tcp.OutSegs") && std::time::Instant::now() < settle
+    {
+        ndis.adapter
+            .poll_device(&mut ndis.model, Duration::from_millis(20))
+            .expect("DPC");
+        k1 = kernel_counters(&bed);
+    }
+    let tcp4 = query_stats(&mut ndis, oid::TCP4_OFFLOAD_STATS, TCP_OFFLOAD_STATS_LEN);
+    let ip4 = query_stats(&mut ndis, oid::IP4_OFFLOAD_STATS, IP_OFFLOAD_STATS_LEN);
+    let (in_segments, out_segments) = (u64_at(&tcp4, 0), u64_at(&tcp4, 8));
+    let (in_receives, in_octets, in_delivers, out_requests, out_octets) = (
+        u64_at(&ip4, 0),
+        u64_at(&ip4, 8),
+        u64_at(&ip4, 0x10),
+        u64_at(&ip4, 0x18),
+        u64_at(&ip4, 0x20),
+    );
+    assert_eq!(
+        in_segments,
+        delta(&k0, &k1, "Tcp.OutSegs"),
+        "TCP4 InSegments vs the kernel's OutSegs"
+    );
+    // One IPv4 datagram per segment (the kernel's own Ip counters count its GSO
+    // super-packets, not wire datagrams, so they are no measure here).
+    assert_eq!(
+        in_receives, in_segments,
+        "IP4 InReceives vs TCP4 InSegments"
+    );
+    assert_eq!(in_delivers, in_receives, "IP4 InDelivers");
+    // Output: TO_PEER payload bytes (the initiate's chain included) and one IPv4 + TCP
+    // header per segment (20 + 20, + 12 with timestamps); no retransmission on this link.
+    let retransmitted = u32_at(&tcp4, 0x18);
+    assert_eq!(retransmitted, 0, "TCP4 RetransmittedSegments");
+    let header = 40
+        + if t.konst.flags & chimney_abi::state::TCP_FLAG_TIMESTAMP_ENABLED != 0 {
+            12
+        } else {
+            0
+        };
+    assert_eq!(
+        out_octets - header * out_requests,
+        TO_PEER as u64,
+        "payload bytes in IP4 OutOctets ({out_requests} segments of {header}-byte headers)"
+    );
+    assert_eq!(
+        in_octets - header * in_receives,
+        FROM_PEER as u64,
+        "payload bytes in IP4 InOctets ({in_receives} datagrams of {header}-byte headers)"
+    );
+    assert_eq!(
+        out_segments, out_requests,
+        "TCP4 OutSegments vs IP4 OutRequests"
+    );
+    assert!(
+        out_segments >= TO_PEER.div_ceil(1460) as u64,
+        "at least ceil(TO_PEER / MSS) segments, saw {out_segments}"
+    );
+    assert_eq!(
+        (
+            u32_at(&tcp4, 0x10),
+            u32_at(&tcp4, 0x14),
+            u32_at(&tcp4, 0x1C),
+            u32_at(&tcp4, 0x20)
+        ),
+        (1, 0, 0, 0),
+        "TCP4 CurrentlyEstablished, ResetEstablished, InErrors, OutResets"
+    );
+    // C-018: the IPv6 family saw nothing.
+    assert!(
+        query_stats(&mut ndis, oid::TCP6_OFFLOAD_STATS, TCP_OFFLOAD_STATS_LEN)
+            .iter()
+            .all(|b| *b == 0),
+        "TCP6 statistics"
+    );
+    assert!(
+        query_stats(&mut ndis, oid::IP6_OFFLOAD_STATS, IP_OFFLOAD_STATS_LEN)
+            .iter()
+            .all(|b| *b == 0),
+        "IP6 statistics"
+    );
+    // C-019: a set of the IP4 OID zeroes the IPv4 family in the device (the gauge stays).
+    let r = ndis.oid(&OidRequest::Set {
+        oid: oid::IP4_OFFLOAD_STATS,
+        buffer: Vec::new(),
+    });
+    assert_eq!(r.status, NdisStatus::SUCCESS, "IP4 statistics set");
+    let tcp4 = query_stats(&mut ndis, oid::TCP4_OFFLOAD_STATS, TCP_OFFLOAD_STATS_LEN);
+    assert_eq!(
+        (u64_at(&tcp4, 8), u32_at(&tcp4, 0x10)),
+        (0, 1),
+        "TCP4 OutSegments and CurrentlyEstablished after the reset"
     );
 
     // Graceful disconnect: FIN after the data, completed when acknowledged (C-186).

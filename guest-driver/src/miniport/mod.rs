@@ -122,15 +122,6 @@ pub struct HostViolations {
     pub unexpected_return: u32,
 }
 
-/// Offload statistics families (C-018, C-019): only offloaded traffic counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OffloadStats {
-    pub tcp4: [u64; 5],
-    pub tcp6: [u64; 5],
-    pub ip4: [u64; 10],
-    pub ip6: [u64; 10],
-}
-
 #[derive(Debug)]
 struct Recorded {
     kind: OpKind,
@@ -254,7 +245,6 @@ pub struct ChimneyMiniport<P: Platform, H> {
     answers: Vec<u64>,
     /// Answers the device refused or that could not be sent.
     pub reachability_answers_failed: u32,
-    stats: OffloadStats,
     timeout: Duration,
 }
 
@@ -386,7 +376,6 @@ where
             violations: HostViolations::default(),
             answers: Vec::new(),
             reachability_answers_failed: 0,
-            stats: OffloadStats::default(),
             timeout: cfg.timeout,
         })
     }
@@ -1154,62 +1143,55 @@ where
                     Err(_) => done(NdisStatus::FAILURE, Vec::new(), 0),
                 }
             }
-            OidRequest::Set { oid, .. } => match self.stats_family(*oid) {
-                Some(_) => {
-                    // C-019: a set resets that family; the buffer need not be examined.
-                    match *oid {
-                        oid::TCP4_OFFLOAD_STATS => self.stats.tcp4 = Default::default(),
-                        oid::TCP6_OFFLOAD_STATS => self.stats.tcp6 = Default::default(),
-                        oid::IP4_OFFLOAD_STATS => self.stats.ip4 = Default::default(),
-                        _ => self.stats.ip6 = Default::default(),
-                    }
-                    done(NdisStatus::SUCCESS, Vec::new(), 0)
-                }
+            // C-019: the statistics live in the device (it counts offloaded traffic only,
+            // C-018): a query reads the family, a set resets it (the buffer need not be
+            // examined). The device keeps one counter set per address family, so a set of
+            // the IPv4 TCP OID also zeroes the IPv4 IP counters (and likewise for IPv6).
+            OidRequest::Set { oid, .. } => match stats_oid(*oid) {
+                Some((family, _)) => match self.device_stats(family, true) {
+                    Ok(_) => done(NdisStatus::SUCCESS, Vec::new(), 0),
+                    Err(st) => done(st, Vec::new(), 0),
+                },
                 None => done(NdisStatus::NOT_SUPPORTED, Vec::new(), 0),
             },
-            OidRequest::Query { oid, buffer_length } => match self.stats_family(*oid) {
-                Some(data) if *buffer_length >= data.len() => done(NdisStatus::SUCCESS, data, 0),
-                Some(data) => done(status::BUFFER_TOO_SHORT, Vec::new(), data.len()),
+            OidRequest::Query { oid, buffer_length } => match stats_oid(*oid) {
+                Some((_, len)) if *buffer_length < len => {
+                    done(status::BUFFER_TOO_SHORT, Vec::new(), len)
+                }
+                Some((family, len)) => match self.device_stats(family, false) {
+                    Ok(r) => {
+                        let mut data = Vec::with_capacity(len);
+                        if len == TCP_OFFLOAD_STATS_LEN {
+                            r.tcp.emit(&mut data);
+                        } else {
+                            r.ip.emit(&mut data);
+                        }
+                        done(NdisStatus::SUCCESS, data, 0)
+                    }
+                    Err(st) => done(st, Vec::new(), 0),
+                },
                 None => done(NdisStatus::NOT_SUPPORTED, Vec::new(), 0),
             },
         }
     }
 
-    /// The statistics structure of `oid` in its x64 layout, little-endian.
-    fn stats_family(&self, oid: u32) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        let (wide, narrow, len): (&[u64], &[u64], usize) = match oid {
-            oid::TCP4_OFFLOAD_STATS => (
-                &self.stats.tcp4[..2],
-                &self.stats.tcp4[2..],
-                TCP_OFFLOAD_STATS_LEN,
-            ),
-            oid::TCP6_OFFLOAD_STATS => (
-                &self.stats.tcp6[..2],
-                &self.stats.tcp6[2..],
-                TCP_OFFLOAD_STATS_LEN,
-            ),
-            oid::IP4_OFFLOAD_STATS => (
-                &self.stats.ip4[..5],
-                &self.stats.ip4[5..],
-                IP_OFFLOAD_STATS_LEN,
-            ),
-            oid::IP6_OFFLOAD_STATS => (
-                &self.stats.ip6[..5],
-                &self.stats.ip6[5..],
-                IP_OFFLOAD_STATS_LEN,
-            ),
-            _ => return None,
-        };
-        for v in wide {
-            out.extend_from_slice(&v.to_le_bytes());
+    /// Read (and with `reset` zero) one family's statistics in the device (STATISTICS,
+    /// ring-abi.md §17). A device error or an unexpected completion is the OID's failure
+    /// status.
+    fn device_stats(
+        &mut self,
+        family: chimney_abi::StatsFamily,
+        reset: bool,
+    ) -> Result<chimney_abi::StatsResult, NdisStatus> {
+        let body = RequestBody::Statistics(chimney_abi::StatsRequest { family, reset });
+        match self.control.call(&self.platform, body, self.timeout) {
+            Ok(c) if c.status != NdisStatus::SUCCESS => Err(c.status),
+            Ok(c) => match c.body {
+                CompletionBody::Statistics(r) if r.family == family => Ok(r),
+                _ => Err(NdisStatus::FAILURE),
+            },
+            Err(_) => Err(NdisStatus::FAILURE),
         }
-        for v in narrow {
-            // ULONG counters wrap (C-020).
-            out.extend_from_slice(&(*v as u32).to_le_bytes());
-        }
-        out.resize(len, 0);
-        Some(out)
     }
 
     /// `MiniportPause`: offloaded connections stay offloaded and keep being served; state
@@ -1728,4 +1710,16 @@ fn parse_connection_offload(b: &[u8]) -> Option<TcpConnectionOffload> {
         tcp_connection_offload_capacity: u32_at(12)?,
         flags: u32_at(16)?,
     })
+}
+
+/// The device family and the answer's length of a statistics OID (C-019).
+fn stats_oid(o: u32) -> Option<(chimney_abi::StatsFamily, usize)> {
+    use chimney_abi::StatsFamily::{Ipv4, Ipv6};
+    match o {
+        oid::TCP4_OFFLOAD_STATS => Some((Ipv4, TCP_OFFLOAD_STATS_LEN)),
+        oid::TCP6_OFFLOAD_STATS => Some((Ipv6, TCP_OFFLOAD_STATS_LEN)),
+        oid::IP4_OFFLOAD_STATS => Some((Ipv4, IP_OFFLOAD_STATS_LEN)),
+        oid::IP6_OFFLOAD_STATS => Some((Ipv6, IP_OFFLOAD_STATS_LEN)),
+        _ => None,
+    }
 }

@@ -160,7 +160,6 @@ fn miniport(h: DeviceHandle) -> (Mp, u64) {
         violations: HostViolations::default(),
         answers: Vec::new(),
         reachability_answers_failed: 0,
-        stats: OffloadStats::default(),
         timeout: cfg.timeout,
     };
     mp.io.channels.push(data);
