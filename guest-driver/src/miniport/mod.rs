@@ -86,12 +86,19 @@ pub enum MiniportError {
     Data(#[from] DataError),
 }
 
+/// Default [`MiniportConfig::held_receive_limit`]: a few windows' worth.
+pub const DEFAULT_HELD_RECEIVE_LIMIT: usize = 256 << 10;
+
 /// Initialization knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct MiniportConfig {
     pub control: ControlConfig,
     /// Bound on one synchronous wait (initialize, OID set).
     pub timeout: Duration,
+    /// Refused receive data (C-171, C-172) the miniport holds per connection before it
+    /// stops handing indication buffers back to the device: past it the device's window
+    /// closes instead of the miniport buffering without limit.
+    pub held_receive_limit: usize,
 }
 
 impl Default for MiniportConfig {
@@ -99,6 +106,7 @@ impl Default for MiniportConfig {
         Self {
             control: ControlConfig::default(),
             timeout: Duration::from_secs(20),
+            held_receive_limit: DEFAULT_HELD_RECEIVE_LIMIT,
         }
     }
 }
@@ -194,6 +202,9 @@ struct DataIo {
     /// Indications the miniport made from held data (no device indication behind them):
     /// the host's receive-return of these ends there.
     local_indicated: alloc::collections::BTreeSet<u64>,
+    /// Per context: RECEIVE_RETURNs (pair, indication id) of refused indications held back
+    /// while the context's refused data exceeds the limit; sent once it is at or below.
+    withheld: BTreeMap<u64, VecDeque<(usize, DataRequest)>>,
 }
 
 impl DataIo {
@@ -246,6 +257,8 @@ pub struct ChimneyMiniport<P: Platform, H> {
     /// Answers the device refused or that could not be sent.
     pub reachability_answers_failed: u32,
     timeout: Duration,
+    /// [`MiniportConfig::held_receive_limit`].
+    held_limit: usize,
 }
 
 impl<P: Platform, H> core::fmt::Debug for ChimneyMiniport<P, H> {
@@ -377,6 +390,7 @@ where
             answers: Vec::new(),
             reachability_answers_failed: 0,
             timeout: cfg.timeout,
+            held_limit: cfg.held_receive_limit,
         })
     }
 
@@ -729,6 +743,7 @@ where
     /// Send queued data requests while slots are free (per-connection order is kept: a
     /// connection always uses one pair and the backlog is FIFO).
     fn drain_data_backlog(&mut self) -> Result<bool, MiniportError> {
+        self.release_withheld();
         let mut progress = false;
         while let Some((pair, req)) = self.io.backlog.pop_front() {
             let Some(ch) = self.io.channels.get_mut(pair) else {
@@ -880,23 +895,19 @@ where
         let Some((ctx, c)) = self.contexts.find_device(h) else {
             return;
         };
-        let give_back = |io: &mut DataIo| {
-            io.backlog.push_back((
-                pair,
-                DataRequest::ReceiveReturn {
-                    handle: h,
-                    indication_id: rec.request_id,
-                },
-            ))
+        let ret = DataRequest::ReceiveReturn {
+            handle: h,
+            indication_id: rec.request_id,
         };
         if rec.data.is_empty() {
-            give_back(&mut self.io);
+            self.io.backlog.push_back((pair, ret));
             return;
         }
         if let Some(left) = self.io.leftovers.get_mut(&ctx).filter(|l| !l.is_empty()) {
-            // Not again until the host posts (C-172): keep it, hand the buffer back.
+            // Not again until the host posts (C-172): keep it, hand the buffer back
+            // (unless too much is held already).
             left.extend_from_slice(&rec.data);
-            give_back(&mut self.io);
+            self.give_back_refused(ctx, pair, ret);
             return;
         }
         // Postings completed from older data reach the host before newer data is
@@ -924,8 +935,45 @@ where
                 // Held until the host posts again (C-172): earlier postings do not count.
                 self.io.reindicate.remove(&ctx);
             }
-            give_back(&mut self.io);
+            self.give_back_refused(ctx, pair, ret);
             self.serve_leftovers(ctx);
+        }
+    }
+
+    /// Hand a refused indication's buffer back to the device (RECEIVE_RETURN reopens its
+    /// window), unless the connection's held data is past the limit: then the return waits
+    /// (`release_withheld`) and the device's window closes, so a host that keeps refusing
+    /// cannot make the miniport buffer without bound. Returns stay in arrival order.
+    fn give_back_refused(&mut self, ctx: u64, pair: usize, ret: DataRequest) {
+        let held = self.io.leftovers.get(&ctx).map_or(0, Vec::len);
+        let waiting = self.io.withheld.get(&ctx).is_some_and(|w| !w.is_empty());
+        if held > self.held_limit || waiting {
+            self.io
+                .withheld
+                .entry(ctx)
+                .or_default()
+                .push_back((pair, ret));
+        } else {
+            self.io.backlog.push_back((pair, ret));
+        }
+    }
+
+    /// Send the withheld RECEIVE_RETURNs of connections whose held data is at or below the
+    /// limit again (the host posted or took indications since).
+    fn release_withheld(&mut self) {
+        let limit = self.held_limit;
+        let leftovers = &self.io.leftovers;
+        let ready: Vec<u64> = self
+            .io
+            .withheld
+            .keys()
+            .copied()
+            .filter(|ctx| leftovers.get(ctx).map_or(0, Vec::len) <= limit)
+            .collect();
+        for ctx in ready {
+            if let Some(w) = self.io.withheld.remove(&ctx) {
+                self.io.backlog.extend(w);
+            }
         }
     }
 
@@ -1097,6 +1145,7 @@ where
             self.finish(p);
         }
         self.io.leftovers.remove(&ctx);
+        self.io.withheld.remove(&ctx);
         back
     }
 
@@ -1548,6 +1597,7 @@ where
                                 // Undelivered data: what the host refused earlier (older),
                                 // then what the device still held (§3.5.5).
                                 let mut buffered = self.io.leftovers.remove(&v).unwrap_or_default();
+                                self.io.withheld.remove(&v);
                                 buffered.extend_from_slice(&upload.buffered);
                                 // Closed without UPLOAD_DATA: every outstanding send goes
                                 // back unacknowledged (C-142: SUCCESS only after an ACK).

@@ -161,6 +161,7 @@ fn miniport(h: DeviceHandle) -> (Mp, u64) {
         answers: Vec::new(),
         reachability_answers_failed: 0,
         timeout: cfg.timeout,
+        held_limit: cfg.held_receive_limit,
     };
     mp.io.channels.push(data);
     let ctx = mp.contexts.reserve(Layer::Tcp, NdisHandle::default());
@@ -311,4 +312,87 @@ fn data_in_an_early_completed_posting_with_nothing_posted_or_held_is_indicated_n
         NdisStatus::PENDING
     );
     assert_eq!(completed(&mut mp), vec![(0xC, last)]);
+}
+
+/// Ring request ids of the RECEIVE_RETURNs the miniport queued so far, in order (drains
+/// the backlog).
+fn returned_ids(mp: &mut Mp) -> Vec<u64> {
+    mp.io
+        .backlog
+        .drain(..)
+        .filter_map(|(_, r)| match r {
+            DataRequest::ReceiveReturn { indication_id, .. } => Some(indication_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn refused_data_past_the_held_limit_keeps_indication_buffers_until_the_host_takes_it() {
+    let h = DeviceHandle(7);
+    let (mut mp, ctx) = miniport(h);
+    mp.held_limit = 250;
+    let mut host = Host::default();
+    // The stream the device indicates: four pieces of 100 bytes, each refused (C-171).
+    let stream: Vec<u8> = (0..400u32).map(|i| (i * 7 + 3) as u8).collect();
+    for (k, piece) in stream.chunks(100).enumerate() {
+        let id = 1 + k as u64;
+        mp.data_record(
+            &mut host,
+            0,
+            DataRecord {
+                kind: DataRxKind::ReceiveIndicate,
+                flags: chimney_abi::data_io::FLAG_PUSH,
+                handle: Some(h),
+                request_id: id,
+                status: NdisStatus::SUCCESS,
+                bytes: piece.len() as u32,
+                data: piece.to_vec(),
+            },
+        );
+    }
+    assert_eq!(
+        host.indications,
+        vec![100],
+        "one indication until the host posts"
+    );
+    assert_eq!(
+        mp.receive_state(ctx).0,
+        Some(400),
+        "all 400 refused bytes held"
+    );
+    // 100 and 200 held: the buffers go back (the window reopens); 300 and 400 are past the
+    // limit of 250: the device keeps those indications outstanding and its window closes.
+    assert_eq!(returned_ids(&mut mp), vec![1, 2], "RECEIVE_RETURNs sent");
+    mp.release_withheld();
+    assert_eq!(
+        returned_ids(&mut mp),
+        Vec::<u64>::new(),
+        "still past the limit"
+    );
+    // The host posts 200 bytes: the oldest held data fills it (C-172); 200 left is at the
+    // limit, so the withheld returns go out, in arrival order.
+    let nbl = |id, cap| NetBufferList {
+        id,
+        net_buffers: vec![NetBuffer::with_capacity(cap)],
+        ..Default::default()
+    };
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xA, 200)]),
+        NdisStatus::PENDING
+    );
+    assert_eq!(completed(&mut mp), vec![(0xA, stream[..200].to_vec())]);
+    mp.release_withheld();
+    assert_eq!(
+        returned_ids(&mut mp),
+        vec![3, 4],
+        "withheld returns released"
+    );
+    // The rest, byte-exact and once, into the next posting.
+    assert_eq!(
+        mp.tcp_offload_receive(ctx, vec![nbl(0xB, 1000)]),
+        NdisStatus::PENDING
+    );
+    assert_eq!(completed(&mut mp), vec![(0xB, stream[200..].to_vec())]);
+    assert_eq!(mp.receive_state(ctx).0, None, "nothing held");
 }
