@@ -89,7 +89,10 @@ pub enum Terminated {
     /// reset): nothing to export, but its last delegated state (State CLOSED, the live
     /// SndUna/SndMax/RcvNxt of its last moment) is what the host gets back, not the state
     /// from offload time. `None` only if the engine never showed a TCB (not expected).
-    Closed(Option<chimney_netstack::TcpDelegated>),
+    /// After a timeout the data travels back as for a live connection (its outstanding
+    /// sends completed UPLOAD_IN_PROGRESS, ring-abi.md §16.4); after a reset there is none
+    /// (its sends completed REQUEST_ABORTED, C-192).
+    Closed(Option<chimney_netstack::TcpDelegated>, TcpData),
 }
 
 impl Terminated {
@@ -97,7 +100,7 @@ impl Terminated {
     pub fn live(self) -> Option<(ConnectionExport, TcpData)> {
         match self {
             Terminated::Live(e, d) => Some((*e, d)),
-            Terminated::Closed(_) => None,
+            Terminated::Closed(..) => None,
         }
     }
 }
@@ -156,7 +159,7 @@ struct Conn {
     send_refused: bool,
     /// Delegated state taken when the engine closed the connection (timeout, reset), kept
     /// for terminate in case the engine releases it.
-    closed_state: Option<chimney_netstack::TcpDelegated>,
+    closed_state: Option<chimney_netstack::TcpOffloadState>,
     /// `acked + received` at the last step (forward progress, bytes moved).
     moved_seen: u64,
     /// Last TcpIndicateSendBacklogChange value and when it went out (C-155).
@@ -1040,7 +1043,7 @@ impl DataPath {
             .engine
             .tcb(c.ch)
             .ok()
-            .map(|t| t.export(c.engine.clock().tick(now)).delegated)
+            .map(|t| t.export(c.engine.clock().tick(now)))
             .or(c.closed_state.take());
         let result = match c.engine.export(now, c.ch) {
             Ok(e) => Some(e),
@@ -1095,11 +1098,21 @@ impl DataPath {
             });
         }
         let Some(mut e) = result else {
-            let last = last.map(|mut d| {
+            let mut data = TcpData::default();
+            if !c.aborted {
+                if let Some(st) = &last {
+                    data.send = st.send_data.clone();
+                    data.send.extend(c.unsent.iter().copied());
+                    buffered.extend_from_slice(&st.buffered_data);
+                    data.buffered = buffered;
+                }
+            }
+            let last = last.map(|st| {
+                let mut d = st.delegated;
                 d.state = TcpConnectionState::Closed;
                 d
             });
-            return Ok(Terminated::Closed(last));
+            return Ok(Terminated::Closed(last, data));
         };
         buffered.extend_from_slice(&e.tcp.buffered_data);
         e.tcp.buffered_data = buffered.clone();
@@ -1220,7 +1233,7 @@ impl Conn {
             ) && self.closed_state.is_none()
             {
                 if let Ok(t) = self.engine.tcb(self.ch) {
-                    self.closed_state = Some(t.export(self.engine.clock().tick(now)).delegated);
+                    self.closed_state = Some(t.export(self.engine.clock().tick(now)));
                 }
             }
             match e {

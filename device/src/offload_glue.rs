@@ -161,9 +161,10 @@ pub fn before_terminate(
                     events.push(e);
                 }
             }
-            Ok(Terminated::Closed(last)) => {
+            Ok(Terminated::Closed(last, data)) => {
                 // Closed by a timeout or reset: the engine's last state (live SndUna, …),
-                // not the one from offload time (C-111); State reads CLOSED.
+                // not the one from offload time (C-111); State reads CLOSED. Data held at
+                // the timeout travels back as for a live connection.
                 let d = match last {
                     Some(ns) => Some(conversion::tcp_delegated_from_ns(&ns, 0, 0)),
                     None => table.tcp(h).map(|t| *t.delegated()),
@@ -171,6 +172,11 @@ pub fn before_terminate(
                 if let Some(mut d) = d {
                     d.state = chimney_abi::TcpConnectionState::Closed;
                     states.push((h, d));
+                }
+                if !data.send.is_empty() || !data.buffered.is_empty() {
+                    let mut e = Event::tcp(h, ctx, tcp_event::UPLOAD_DATA, 0);
+                    e.payload = chimney_abi::data_io::emit_upload_data(&data);
+                    events.push(e);
                 }
             }
             Err(e) => tracing::warn!(handle = h.0, error = %e, "terminate: data path"),

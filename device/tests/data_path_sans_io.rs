@@ -909,7 +909,8 @@ fn terminate_after_retransmit_timeout_returns_the_last_live_state_not_the_offloa
         },
     )
     .build();
-    let (states, _) = chimney_device::offload_glue::before_terminate(&table, &mut rig.dp, &tree);
+    let (states, upload) =
+        chimney_device::offload_glue::before_terminate(&table, &mut rig.dp, &tree);
     let Some((_, d)) = states.iter().find(|(x, _)| *x == h) else {
         panic!("no state returned for the closed connection");
     };
@@ -924,6 +925,20 @@ fn terminate_after_retransmit_timeout_returns_the_last_live_state_not_the_offloa
     assert!(
         (1..=5_000).contains(&in_flight),
         "SndMax − SndUna: expected 1..=5000 unacknowledged bytes, seen {in_flight}"
+    );
+    // The 5 000 bytes never acknowledged come back from SndUna (ring-abi.md §16.4): the
+    // send completed UPLOAD_IN_PROGRESS, so the host relies on them.
+    let ev = upload
+        .iter()
+        .find(|e| e.code == chimney_abi::event::tcp_event::UPLOAD_DATA)
+        .expect("UPLOAD_DATA event for the timed-out connection");
+    let mut want = 5_000u32.to_le_bytes().to_vec();
+    want.extend_from_slice(&0u32.to_le_bytes());
+    want.extend_from_slice(&pattern(10, 5_000));
+    assert!(
+        ev.payload == want,
+        "UPLOAD_DATA payload: expected 5000 send bytes of pattern 10 and no buffered data, seen {} bytes",
+        ev.payload.len()
     );
 }
 
