@@ -746,7 +746,10 @@ fn wait_until_acked(s: &TcpStream, limit: Duration) {
             return;
         }
         if std::time::Instant::now() >= end {
-            tracing::warn!(unacked = outq, "peer closes with bytes still unacknowledged");
+            tracing::warn!(
+                unacked = outq,
+                "peer closes with bytes still unacknowledged"
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(5));
