@@ -155,19 +155,10 @@ fn start_peer(
     h
 }
 
-/// Wait until the kernel socket's send queue is empty (`SIOCOUTQ` = unacknowledged + unsent
-/// bytes, FIN included) or `limit` passes.
+/// Wait until the kernel peer's sent bytes are acknowledged (or `limit` passes) before it
+/// closes: an orphaned socket is aborted under loss.
 fn wait_until_acked(s: &TcpStream, limit: Duration) {
-    let end = StdInstant::now() + limit;
-    loop {
-        let mut outq: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
-        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
-        if rc != 0 || outq == 0 || StdInstant::now() >= end {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let _ = chimney_wire::socket::wait_until_acked(s, limit);
 }
 
 /// One TCP segment of the test's connection seen on the TAP: only the header fields the

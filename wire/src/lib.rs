@@ -14,6 +14,7 @@
 mod error;
 mod netns;
 mod pcap;
+pub mod socket;
 mod sys;
 mod tap;
 mod topology;

@@ -99,3 +99,15 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::
         return Ok(rc > 0 && (pfd.revents & libc::POLLIN) != 0);
     }
 }
+
+/// Bytes in a TCP socket's send queue not yet acknowledged by the peer (unsent included,
+/// FIN counted): `SIOCOUTQ`, which Linux spells `TIOCOUTQ` for sockets.
+pub(crate) fn tcp_send_queue(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut outq: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int through the pointer, which is valid and aligned;
+    // the fd is borrowed, so it stays open for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(outq).unwrap_or(0))
+}

@@ -733,26 +733,11 @@ fn serve(s: TcpStream, cmds: mpsc::Receiver<PeerCmd>, seed: u64) -> PeerResult {
 /// [`STEP_LIMIT`], which the host's close step waits at most).
 const PEER_ACK_LIMIT: Duration = Duration::from_secs(30);
 
-/// Wait until the kernel socket's send queue is empty (`SIOCOUTQ`/`TIOCOUTQ` = unacknowledged
-/// plus unsent bytes, FIN included) or `limit` passes.
+/// Wait for the peer's sent bytes to be acknowledged before it closes (an orphaned socket
+/// is aborted under loss: `chimney_wire::socket::wait_until_acked`).
 fn wait_until_acked(s: &TcpStream, limit: Duration) {
-    use std::os::fd::AsRawFd;
-    let end = std::time::Instant::now() + limit;
-    loop {
-        let mut outq: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
-        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
-        if rc != 0 || outq == 0 {
-            return;
-        }
-        if std::time::Instant::now() >= end {
-            tracing::warn!(
-                unacked = outq,
-                "peer closes with bytes still unacknowledged"
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if let Err(unacked) = chimney_wire::socket::wait_until_acked(s, limit) {
+        tracing::warn!(unacked, "peer closes with bytes still unacknowledged");
     }
 }
 

@@ -658,28 +658,10 @@ pub fn kernel_connect<R: Send + 'static>(
         .expect("spawn peer thread in namespace")
 }
 
-/// Keep the kernel socket open until the peer (our engine) has acknowledged everything the
-/// kernel sent, FIN included (`SIOCOUTQ` = write_seq − snd_una = 0), or `limit` passes.
-///
-/// Why: a test peer that closes its last descriptor while its data is still unacknowledged
-/// leaves an orphaned socket, and Linux gives orphans only `tcp_orphan_retries` (8) worth of
-/// retransmission time before it aborts them silently (TCPAbortOnTimeout, no RST). Under 20 %
-/// loss that killed the kernel→us direction of live transfers (seed 0x2022, 0x7142): our
-/// engine had sent everything, the kernel's application had read to EOF and closed, and the
-/// kernel dropped the last ~700 KB it still had to deliver. A real application that wants
-/// its data delivered waits the same way (or lingers).
+/// Wait until everything the kernel sent on `s` is acknowledged or `limit` passes
+/// (`chimney_wire::socket::wait_until_acked` says why a test peer must).
 pub fn wait_until_acked(s: &TcpStream, limit: Duration) {
-    use std::os::fd::AsRawFd;
-    let end = std::time::Instant::now() + limit;
-    loop {
-        let mut outq: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which is valid and aligned.
-        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
-        if rc != 0 || outq == 0 || std::time::Instant::now() >= end {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let _ = chimney_wire::socket::wait_until_acked(s, limit);
 }
 
 /// How long a kernel peer waits for its data to be acknowledged before closing.
