@@ -33,8 +33,9 @@ struct Args {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Queue pairs: 0 NIC, 1 control, 2.. data. Use 2 or more for chimney offload;
-    /// 1 gives a plain NIC. Must match QEMU's `queues=`.
+    /// Queue pairs: 0 NIC, 1 control, 2.. data. 1 gives a plain NIC, 2 adds the control
+    /// plane (state objects only), 3 or more add data rings for offloaded transfers.
+    /// Must match QEMU's `queues=`.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     queue_pairs: u16,
     /// Largest virtqueue size the driver may use (power of two).
